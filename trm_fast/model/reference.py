@@ -246,6 +246,20 @@ class ReasoningNet(nn.Module):
         return hidden
 
 
+def latent_recursion(net_call, y_answer, z_latent, x_input, h_cycles: int, l_cycles: int):
+    """One supervision step's recursion for any `net_call(state, injection)`:
+    T-1 cycles without gradients, then one with (only it is differentiated)."""
+    with torch.no_grad():
+        for _cycle in range(h_cycles - 1):
+            for _inner in range(l_cycles):
+                z_latent = net_call(z_latent, y_answer + x_input)
+            y_answer = net_call(y_answer, z_latent)
+    for _inner in range(l_cycles):
+        z_latent = net_call(z_latent, y_answer + x_input)
+    y_answer = net_call(y_answer, z_latent)
+    return y_answer, z_latent
+
+
 class TRMInner(nn.Module):
     """Embeddings, the recursion of one supervision step, and the heads."""
 
@@ -313,18 +327,10 @@ class TRMInner(nn.Module):
         return logits, q_logits[..., 0], q_logits[..., 1]
 
     def recurse(self, y_answer, z_latent, x_input, cos_sin):
-        """One supervision step's recursion: T-1 cycles without gradients, then one with."""
-        config = self.config
-        net = self.L_level
-        with torch.no_grad():
-            for _cycle in range(config.h_cycles - 1):
-                for _inner in range(config.l_cycles):
-                    z_latent = net(z_latent, y_answer + x_input, cos_sin)
-                y_answer = net(y_answer, z_latent, cos_sin)
-        for _inner in range(config.l_cycles):
-            z_latent = net(z_latent, y_answer + x_input, cos_sin)
-        y_answer = net(y_answer, z_latent, cos_sin)
-        return y_answer, z_latent
+        def net_call(state, injection):
+            return self.L_level(state, injection, cos_sin)
+
+        return latent_recursion(net_call, y_answer, z_latent, x_input, self.config.h_cycles, self.config.l_cycles)
 
     def forward(self, y_answer, z_latent, batch: dict):
         x_input = self.input_embeddings(batch["inputs"], batch["puzzle_identifiers"])
@@ -347,10 +353,12 @@ class ACTCarry:
 class TRM(nn.Module):
     """The ACT wrapper: persistent batch carry, halting and exploration, one supervision step per call."""
 
+    inner_class = TRMInner  # the fast engine swaps in its own recursion, same parameters
+
     def __init__(self, config: TRMConfig):
         super().__init__()
         self.config = config
-        self.inner = TRMInner(config)
+        self.inner = self.inner_class(config)
 
     @property
     def puzzle_emb(self):
