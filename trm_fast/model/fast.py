@@ -139,7 +139,7 @@ def fused_recursion(net: ReasoningNet, y_answer, z_latent, x_input, cos_sin, h_c
             y_answer = out
         if index + 1 < len(plan) and plan[index + 1][1] != with_grad:
             # Leaving the gradient-free cycles: inference tensors cannot be saved for backward.
-            if y_answer.is_inference():
+            if not torch.compiler.is_compiling() and y_answer.is_inference():
                 y_answer, z_latent = y_answer.clone(), z_latent.clone()
             next_input = None
     return y_answer, z_latent

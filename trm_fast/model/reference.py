@@ -129,22 +129,32 @@ class CastedEmbedding(nn.Module):
 class PuzzleEmbedding(nn.Module):
     """Per-puzzle vectors in a zero-initialised table that is a buffer, not a Parameter.
 
-    Training gives the batch's rows a gradient through a fresh leaf tensor (`local_rows`); the
-    trainer then updates only those rows of `weights` by sign-SGD. Evaluation reads the table directly.
+    Training copies the batch's rows into `local_rows`, a leaf tensor that receives their gradient;
+    the trainer then updates only those rows of `weights` by sign-SGD. The leaf is refilled in
+    place (as in the reference code) so torch.compile and CUDA graphs see a fixed tensor.
     """
 
     def __init__(self, num_identifiers: int, embedding_dim: int, cast_to: torch.dtype):
         super().__init__()
         self.cast_to = cast_to
         self.register_buffer("weights", torch.zeros(num_identifiers, embedding_dim), persistent=True)
-        self.local_rows: Optional[torch.Tensor] = None
-        self.local_ids: Optional[torch.Tensor] = None
+        self.register_buffer("local_rows", torch.zeros(0, embedding_dim, requires_grad=True), persistent=False)
+        self.register_buffer("local_ids", torch.zeros(0, dtype=torch.int32), persistent=False)
+
+    def allocate_rows(self, batch_size: int, device) -> None:
+        """Size the gradient leaf for a batch (done by `TRM.initial_carry`, outside torch.compile)."""
+        width = self.weights.shape[1]
+        self.local_rows = torch.zeros(batch_size, width, device=device, requires_grad=True)
+        self.local_ids = torch.zeros(batch_size, dtype=torch.int32, device=device)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         if not (self.training and torch.is_grad_enabled()):
             return self.weights[ids].to(self.cast_to)
-        self.local_ids = ids
-        self.local_rows = self.weights[ids].detach().requires_grad_(True)
+        if self.local_rows.shape[0] != ids.shape[0] or self.local_rows.device != ids.device:
+            self.allocate_rows(ids.shape[0], ids.device)
+        with torch.no_grad():
+            self.local_rows.copy_(self.weights[ids])
+            self.local_ids.copy_(ids)
         return self.local_rows.to(self.cast_to)
 
 
@@ -368,6 +378,8 @@ class TRM(nn.Module):
         batch_size = batch["inputs"].shape[0]
         device = batch["inputs"].device
         y_answer, z_latent = self.inner.initial_states(batch_size, device)
+        if self.inner.puzzle_emb is not None:
+            self.inner.puzzle_emb.allocate_rows(batch_size, device)
         return ACTCarry(
             y_answer=y_answer,
             z_latent=z_latent,

@@ -7,7 +7,6 @@ on CPU when Triton's interpreter is switched on) > torch.
 """
 from __future__ import annotations
 
-import functools
 import os
 
 import torch
@@ -24,13 +23,19 @@ def triton_interpreter_on() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-@functools.lru_cache(maxsize=None)
-def triton_available() -> bool:
+def _import_triton() -> bool:
     try:
         import triton  # noqa: F401
     except Exception:
         return False
     return True
+
+
+_TRITON_IMPORTABLE = _import_triton()
+
+
+def triton_available() -> bool:
+    return _TRITON_IMPORTABLE
 
 
 def triton_runs_on(device: torch.device) -> bool:
