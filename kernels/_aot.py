@@ -40,6 +40,12 @@ def all_specs() -> list[AOTSpec]:
     return specs
 
 
+# Per-block limits a launch must respect (CUDA occupancy tables): opt-in shared memory in bytes and
+# 32-bit registers. Compiling without a GPU never checks them, so they are checked here.
+MAX_SHARED_BYTES = {80: 166912, 86: 101376, 89: 101376, 90: 232448}
+MAX_REGISTERS_PER_BLOCK = 65536
+
+
 def compile_spec(spec: AOTSpec, arch: int = 90):
     import triton
     from triton.backends.compiler import GPUTarget
@@ -50,23 +56,77 @@ def compile_spec(spec: AOTSpec, arch: int = 90):
     return triton.compile(source, target=GPUTarget("cuda", arch, 32), options=options)
 
 
+def resource_usage(compiled) -> dict[str, int]:
+    """Registers per thread, stack and local (spill) bytes read from the cubin; {} if unavailable.
+
+    The compiled kernel only learns its register count when loaded on a GPU, so ask cuobjdump
+    (shipped with Triton next to ptxas) instead.
+    """
+    import os
+    import re
+    import subprocess
+    import tempfile
+
+    try:
+        import triton.backends.nvidia as nvidia_backend
+
+        tool = os.path.join(os.path.dirname(nvidia_backend.__file__), "bin", "cuobjdump")
+        with tempfile.TemporaryDirectory() as folder:
+            path = os.path.join(folder, "kernel.cubin")
+            with open(path, "wb") as handle:
+                handle.write(compiled.asm["cubin"])
+            report = subprocess.run([tool, "--dump-resource-usage", path], capture_output=True, text=True,
+                                    timeout=60).stdout
+    except Exception:
+        return {}
+    match = re.search(r"REG:(\d+)\s+STACK:(\d+)\s+SHARED:\d+\s+LOCAL:(\d+)", report)
+    if not match:
+        return {}
+    return {"registers": int(match[1]), "stack": int(match[2]), "local": int(match[3])}
+
+
+def launch_problems(spec: AOTSpec, compiled, arch: int, usage: dict[str, int]) -> list[str]:
+    """Reasons the kernel could not launch on sm_<arch>, which only a real launch would reveal."""
+    problems = []
+    shared_limit = MAX_SHARED_BYTES.get(arch)
+    if shared_limit is not None and compiled.metadata.shared > shared_limit:
+        problems.append(f"shared memory {compiled.metadata.shared} B > {shared_limit} B")
+    registers = usage.get("registers")
+    if registers is not None and registers * spec.num_warps * 32 > MAX_REGISTERS_PER_BLOCK:
+        problems.append(f"{registers} registers x {spec.num_warps * 32} threads > {MAX_REGISTERS_PER_BLOCK}")
+    return problems
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Compile every Triton kernel for sm_XX and print a table.")
     parser.add_argument("--arch", type=int, nargs="+", default=[80, 90])
     args = parser.parse_args(argv)
-    print("| kernel | arch | warps | stages | shared memory (bytes) | registers |")
-    print("|---|---|---|---|---|---|")
+    specs = all_specs()
+    print("| kernel | arch | warps | stages | shared memory (bytes) | registers | spill (bytes) |")
+    print("|---|---|---|---|---|---|---|")
     failures = 0
-    for spec in all_specs():
+    for spec in specs:
         for arch in args.arch:
             try:
                 compiled = compile_spec(spec, arch)
                 meta = compiled.metadata
-                registers = getattr(compiled, "n_regs", None) or "-"
-                print(f"| {spec.name} | sm_{arch} | {meta.num_warps} | {meta.num_stages} | {meta.shared} | {registers} |")
+                usage = resource_usage(compiled)
+                problems = launch_problems(spec, compiled, arch, usage)
+                if problems:
+                    raise RuntimeError("; ".join(problems))
+                registers = usage.get("registers", "-")
+                spill = usage.get("local", "-")
+                print(f"| {spec.name} | sm_{arch} | {meta.num_warps} | {meta.num_stages} | {meta.shared} | {registers} | {spill} |")
             except Exception as error:  # report every failure, not just the first
                 failures += 1
-                print(f"| {spec.name} | sm_{arch} | FAILED: {type(error).__name__}: {str(error).splitlines()[0][:120]} | | | |")
+                lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [""]
+                # Triton's CompilationError starts with the source position and ends with the cause.
+                message = lines[0] if len(lines) == 1 else f"{lines[0]} ... {lines[-1]}"
+                message = message[:200].replace("|", "/")
+                print(f"| {spec.name} | sm_{arch} | FAILED: {type(error).__name__}: {message} | | | | |")
+    if not specs:
+        print("no AOT specs found")
+        return 1
     return 1 if failures else 0
 
 

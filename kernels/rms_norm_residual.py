@@ -48,9 +48,10 @@ def rms_norm_residual_fwd_kernel(
     mask = row_mask[:, None] & (cols < hidden)[None, :]
     offsets = row_ids[:, None] * hidden + cols[None, :]
 
-    residual = tl.load(residual_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-    delta = tl.load(delta_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-    summed = residual + delta
+    residual = tl.load(residual_ptr + offsets, mask=mask, other=0.0)
+    delta = tl.load(delta_ptr + offsets, mask=mask, other=0.0)
+    # As TRM does: the residual add rounds to the storage dtype, the statistics are fp32.
+    summed = (residual.to(tl.float32) + delta.to(tl.float32)).to(out_ptr.dtype.element_ty).to(tl.float32)
     rstd = tl.rsqrt(tl.sum(summed * summed, axis=1) / hidden + eps)
     out = summed * rstd[:, None]
     # Round once to the storage dtype so next_input = stored out + injection, as in the reference.
@@ -59,10 +60,13 @@ def rms_norm_residual_fwd_kernel(
     tl.store(rstd_ptr + row_ids, rstd, mask=row_mask)
 
     if NUM_INJECT > 0:
-        next_input = out_stored.to(tl.float32) + tl.load(inject_a_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+        # Rounded after each add, like the unfused (out + inject_a) + inject_b.
+        inject_a = tl.load(inject_a_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+        next_input = (out_stored.to(tl.float32) + inject_a).to(next_ptr.dtype.element_ty)
         if NUM_INJECT > 1:
-            next_input += tl.load(inject_b_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-        tl.store(next_ptr + offsets, next_input.to(next_ptr.dtype.element_ty), mask=mask)
+            inject_b = tl.load(inject_b_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+            next_input = (next_input.to(tl.float32) + inject_b).to(next_ptr.dtype.element_ty)
+        tl.store(next_ptr + offsets, next_input, mask=mask)
 
 
 @triton.jit
@@ -91,6 +95,8 @@ def rms_norm_residual_bwd_kernel(
 
 
 def _check_rows(name: str, reference: torch.Tensor, *tensors: torch.Tensor | None) -> None:
+    if reference.dim() == 0 or reference.shape[-1] == 0:
+        raise ValueError(f"{name}: expected [..., D] tensors with D > 0, got shape {tuple(reference.shape)}")
     for tensor in (reference,) + tensors:
         if tensor is None:
             continue
@@ -110,7 +116,7 @@ def rms_norm_residual_fwd(
     inject_b: torch.Tensor | None = None,
     eps: float = 1e-5,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """Launch the forward kernel: returns (out, next_input or None, rstd fp32 [rows])."""
+    """Launch the forward kernel: returns (out, next_input or None, rstd fp32 [rows], rows = numel / D)."""
     if inject_b is not None and inject_a is None:
         raise ValueError("rms_norm_residual_fwd: inject_b given without inject_a")
     _check_rows("rms_norm_residual_fwd", residual, delta, inject_a, inject_b)
@@ -119,7 +125,7 @@ def rms_norm_residual_fwd(
     config = block_config(hidden)
     out = torch.empty_like(residual)
     next_input = torch.empty_like(residual) if inject_a is not None else None
-    rstd = torch.empty(residual.shape[:-1], dtype=torch.float32, device=residual.device)
+    rstd = torch.empty((rows,), dtype=torch.float32, device=residual.device)
     if rows == 0:
         return out, next_input, rstd
     num_inject = 0 if inject_a is None else (1 if inject_b is None else 2)

@@ -142,3 +142,43 @@ def test_compiles_without_graph_breaks(backend):
     torch.testing.assert_close(compiled_out["logits"], eager_out["logits"], atol=1e-5, rtol=1e-5)
     compiled_out["logits"].sum().backward()
     assert fast.inner.lm_head.weight.grad is not None
+
+
+def train_losses(model, batches, steps):
+    """A plain deep-supervision loop: stable-max loss, AdamATan2 + EMA, sign-SGD puzzle rows."""
+    from trm_fast.ops import act_loss_head, adam_atan2_ema_step_, sign_sgd_rows_
+
+    params = list(model.parameters())
+    moments = [torch.zeros_like(p) for p in params], [torch.zeros_like(p) for p in params]
+    ema = [p.detach().clone() for p in params]
+    carry = model.initial_carry(batches[0])
+    losses = []
+    for step in range(1, steps + 1):
+        batch = batches[step % len(batches)]
+        for p in params:
+            p.grad = None
+        carry, outputs = model(carry, batch)
+        heads = act_loss_head(outputs["logits"], carry.current_data["labels"], outputs["q_halt_logits"], backend="torch")
+        loss = (heads["lm_loss"].sum() + 0.5 * heads["q_halt_loss"].sum()) / batch["inputs"].shape[0]
+        loss.backward()
+        adam_atan2_ema_step_(params, [p.grad for p in params], *moments, ema, step=step, lr=1e-3, beta1=0.9,
+                             beta2=0.95, weight_decay=0.1, ema_decay=0.999, backend="torch")
+        rows = model.inner.puzzle_emb
+        sign_sgd_rows_(rows.weights, rows.local_ids, rows.local_rows.grad, lr=1e-3, weight_decay=0.1, backend="torch")
+        rows.local_rows.grad = None
+        losses.append(loss.item())
+    return torch.tensor(losses)
+
+
+def test_thirty_training_steps_follow_the_reference_loss_curve():
+    config = small_config("attention", halt_exploration_prob=0.1)
+    batches = [make_batch(config, batch_size=4, seed=seed) for seed in range(5)]
+    curves = []
+    for engine in (TRM, lambda cfg: FastTRM(cfg, backend="torch")):
+        torch.manual_seed(0)
+        model = engine(config).train()
+        torch.manual_seed(1)  # same exploration draws for both engines
+        curves.append(train_losses(model, batches, steps=30))
+    reference_curve, fast_curve = curves
+    assert reference_curve[-5:].mean() < reference_curve[:5].mean()  # it is training
+    torch.testing.assert_close(fast_curve, reference_curve, rtol=1e-3, atol=1e-4)

@@ -1,0 +1,126 @@
+"""`trm-fast` end to end on a tiny config: train -> eval -> solve, and one-line errors for bad input."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from trm_fast.cli import main
+
+TINY_SETS = [
+    "maze.size=6", "maze.num_train=48", "maze.num_test=8", "model.hidden_size=32", "model.num_heads=2",
+    "model.h_cycles=2", "model.l_cycles=1", "model.puzzle_emb_ndim=32", "model.puzzle_emb_len=1",
+    "model.halt_max_steps=3", "global_batch_size=8", "lr_warmup_steps=2", "log_interval=2",
+    "eval_interval=none", "checkpoint_interval=none", "eval_batch_size=8",
+]
+
+
+def tiny_train_args(data_dir, run_dir, *extra):
+    args = ["train", "--dataset", "maze", "--preset", "maze-cpu", "--data-dir", str(data_dir), "--run-dir", str(run_dir),
+            "--max-steps", "3", "--device", "cpu", "--backend", "torch", "--no-progress"]
+    for item in TINY_SETS:
+        args += ["--set", item]
+    return args + list(extra)
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    assert main(tiny_train_args(root / "data", root / "run")) == 0
+    return root
+
+
+def one_error_line(capsys, expected: str):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("trm-fast: error: ") and expected in err[0], err[0]
+
+
+def test_train_eval_solve(trained_run, capsys):
+    run_dir = trained_run / "run"
+    assert (run_dir / "final_eval.json").is_file()
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(run_dir), "--device", "cpu", "--backend", "torch"]) == 0
+    out = capsys.readouterr().out
+    assert "exact accuracy" in out and "token accuracy" in out and "8 examples" in out
+
+    assert main(["solve", "--checkpoint", str(run_dir), "--index", "2", "--steps", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "question:" in out and "after step 1" in out and "after step 2" in out
+    assert "model answer after 3 steps" in out
+    assert ("CORRECT" in out) != ("WRONG" in out)
+    assert "S" in out and "G" in out  # the maze is drawn with its characters
+
+
+def test_resume_extends_a_finished_run(trained_run, capsys):
+    args = ["train", "--run-dir", str(trained_run / "run"), "--resume", "--max-steps", "5", "--no-progress"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "resumed from" in out and "step_00000003.pt" in out
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["train", "--set", "model.hiden_size=3"], "unknown config field 'model.hiden_size'"),
+    (["train", "--set", "lr=fast"], "lr: expected a number"),
+    (["train", "--preset", "nope"], "invalid choice"),
+    (["train", "--max-steps", "x"], "invalid int value"),
+    (["eval"], "--checkpoint"),
+    (["eval", "--checkpoint", "/nonexistent/ckpt.pt"], "not found"),
+    (["frobnicate"], "invalid choice"),
+])
+def test_bad_arguments_give_one_line(argv, expected, capsys):
+    assert main(argv) == 2
+    one_error_line(capsys, expected)
+
+
+def test_bad_files_give_one_line(trained_run, tmp_path, capsys):
+    run_dir = trained_run / "run"
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"PK\x03\x04 truncated")
+    assert main(["eval", "--checkpoint", str(corrupt)]) == 2
+    one_error_line(capsys, "cannot read checkpoint")
+
+    bad_csv = tmp_path / "mazes.csv"
+    bad_csv.write_text("source,question,answer,rating\nx,###,###,1\n")
+    assert main(["eval", "--checkpoint", str(run_dir), "--data", str(bad_csv)]) == 2
+    one_error_line(capsys, str(bad_csv))
+
+    assert main(["solve", "--checkpoint", str(run_dir), "--index", "999"]) == 2
+    one_error_line(capsys, "out of range")
+
+    assert main(["train", "--run-dir", str(tmp_path / "nothing"), "--resume"]) == 2
+    one_error_line(capsys, "config.json")
+
+    assert main(tiny_train_args(tmp_path / "data", tmp_path / "run2", "--dataset", str(tmp_path / "missing"))) == 2
+    one_error_line(capsys, "missing")
+
+
+def test_reference_state_dict_checkpoint_evaluates(trained_run, tmp_path, capsys):
+    """A reference-project file (EMA weights under _orig_mod.model.*) loads through the compat loader."""
+    from trm_fast.train.checkpoint import latest_checkpoint, load_checkpoint
+
+    payload = load_checkpoint(latest_checkpoint(trained_run / "run"))
+    reference_file = tmp_path / "step_3"
+    torch.save({f"_orig_mod.model.{k}": v for k, v in payload["ema_model"].items()}, reference_file)
+    data_dir = payload["data"]["dir"]
+    argv = ["eval", "--checkpoint", str(reference_file), "--data", data_dir, "--device", "cpu",
+            "--model-set", "h_cycles=2", "--model-set", "l_cycles=1", "--model-set", "halt_max_steps=3",
+            "--model-set", "puzzle_emb_len=1", "--model-set", "num_heads=2"]
+    assert main(argv) == 0
+    reference_out = capsys.readouterr().out
+    assert main(["eval", "--checkpoint", str(trained_run / "run"), "--device", "cpu"]) == 0
+    ours_out = capsys.readouterr().out
+    pick = lambda text: [line for line in text.splitlines() if line.startswith("exact accuracy")]  # noqa: E731
+    assert pick(reference_out) == pick(ours_out)  # same weights, same numbers
+
+
+def test_console_entry_point_exit_status_and_stderr(tmp_path):
+    """Through a real process: no traceback, one line, status 2."""
+    process = subprocess.run(
+        [sys.executable, "-m", "trm_fast.cli", "eval", "--checkpoint", str(tmp_path / "none.pt")],
+        capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], timeout=120,
+    )
+    assert process.returncode == 2
+    assert process.stderr.strip().startswith("trm-fast: error: ") and "Traceback" not in process.stderr
+    assert len(process.stderr.strip().splitlines()) == 1

@@ -1,0 +1,69 @@
+"""TrainConfig presets, overrides (names, types, choices) and JSON round trip."""
+import pytest
+
+from trm_fast import config as config_lib
+from trm_fast.config import ConfigError, apply_overrides, preset
+
+
+def test_presets_have_the_documented_values():
+    paper = preset("maze-paper")
+    assert (paper.model.hidden_size, paper.model.num_heads, paper.model.h_cycles, paper.model.l_cycles) == (512, 8, 3, 4)
+    assert (paper.global_batch_size, paper.lr, paper.weight_decay, paper.puzzle_emb_lr) == (768, 1e-4, 1.0, 1e-4)
+    assert (paper.lr_warmup_steps, paper.ema, paper.ema_rate, paper.model.forward_dtype) == (2000, True, 0.999, "bfloat16")
+    assert paper.maze.size == 30 and paper.model.halt_max_steps == 16
+    cpu = preset("maze-cpu")
+    assert cpu.max_minutes is not None and cpu.model.hidden_size <= 128 and cpu.maze.size <= 10
+    assert config_lib.default_preset_name(True) == "maze-paper"
+    assert config_lib.default_preset_name(False) == "maze-cpu"
+    with pytest.raises(ConfigError, match="unknown preset"):
+        preset("sudoku-huge")
+
+
+def test_overrides_parse_types():
+    cfg = apply_overrides(preset("maze-cpu"), [
+        "model.hidden_size=128", "lr=3e-4", "ema=false", "max_minutes=none", "model.forward_dtype=bfloat16",
+        "maze.augment=yes", "eval_interval=7",
+    ])
+    assert cfg.model.hidden_size == 128 and cfg.lr == 3e-4 and cfg.ema is False and cfg.max_minutes is None
+    assert cfg.model.forward_dtype == "bfloat16" and cfg.maze.augment is True and cfg.eval_interval == 7
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.hiden_size=3", "unknown config field 'model.hiden_size' (did you mean 'hidden_size'?)"),
+    ("learning_rate=1", "unknown config field 'learning_rate'"),
+    ("lr=fast", "lr: expected a number, got 'fast'"),
+    ("model.hidden_size=1.5", "model.hidden_size: expected an integer"),
+    ("ema=maybe", "ema: expected true/false"),
+    ("max_steps=abc", "max_steps: expected an integer or none"),
+    ("device=tpu", "device: expected one of auto, cpu, cuda"),
+    ("model=3", "model is a group"),
+    ("lr.x=3", "lr has no sub-fields"),
+    ("lr", "not of the form field=value"),
+    ("global_batch_size=0", "global_batch_size must be >= 1"),
+    ("model.num_heads=5", "not divisible by model.num_heads 5"),
+])
+def test_bad_overrides_give_clear_errors(override, message):
+    with pytest.raises(ConfigError) as info:
+        apply_overrides(preset("maze-cpu"), [override])
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_json_round_trip(tmp_path):
+    cfg = apply_overrides(preset("maze-cpu"), ["model.l_cycles=3", "seed=5"])
+    config_lib.save_json(cfg, tmp_path / "config.json")
+    assert config_lib.load_json(tmp_path / "config.json") == cfg
+    (tmp_path / "bad.json").write_text('{"model": {"depth": 3}}')
+    with pytest.raises(ConfigError, match="model.depth"):
+        config_lib.load_json(tmp_path / "bad.json")
+    (tmp_path / "broken.json").write_text("{")
+    with pytest.raises(ConfigError, match="cannot read config"):
+        config_lib.load_json(tmp_path / "broken.json")
+
+
+def test_model_config_dict_fits_trm_config():
+    from trm_fast.model.reference import TRMConfig
+
+    values = config_lib.model_config_dict(preset("maze-paper"), vocab_size=6, seq_len=900, num_puzzle_identifiers=1)
+    model_config = TRMConfig.from_dict(values)
+    assert model_config.hidden_size == 512 and model_config.seq_len == 900 and model_config.forward_dtype == "bfloat16"

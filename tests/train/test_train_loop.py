@@ -1,0 +1,107 @@
+"""The training loop on a tiny config: it learns, resumes exactly, stops on time / Ctrl-C with a
+checkpoint, and writes its run directory."""
+import json
+import shutil
+import signal
+
+import pytest
+import torch
+
+from trm_fast.train import checkpoint as ckpt
+from trm_fast.train.loop import Trainer, train
+
+
+def read_metrics(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_short_training_lowers_the_loss(tiny_config, tmp_path):
+    cfg = tiny_config("max_steps=40", "log_interval=4")
+    result = train(cfg, tmp_path / "run", progress=False, log=lambda _line: None)
+    losses = [r["train/loss"] for r in read_metrics(tmp_path / "run") if "train/loss" in r]
+    assert len(losses) == 10
+    assert sum(losses[-3:]) / 3 < 0.8 * sum(losses[:2]) / 2, losses
+    assert result.stopped_by == "max_steps" and result.step == 40
+    final = json.loads((tmp_path / "run" / "final_eval.json").read_text())
+    assert final["step"] == 40 and final["test/count"] == 12  # the whole (tiny) test split
+    assert 0.0 <= final["test/accuracy"] <= 1.0
+
+
+def test_run_directory_contents(tiny_config, tmp_path):
+    cfg = tiny_config("max_steps=4", "checkpoint_interval=1", "keep_checkpoints=2")
+    run_dir = tmp_path / "run"
+    train(cfg, run_dir, progress=False, log=lambda _line: None)
+    assert json.loads((run_dir / "config.json").read_text())["model"]["hidden_size"] == 32
+    assert [step for step, _ in ckpt.list_checkpoints(run_dir)] == [3, 4]  # last k kept
+    payload = ckpt.load_checkpoint(ckpt.latest_checkpoint(run_dir))
+    assert payload["step"] == 4 and payload["world_size"] == 1
+    assert set(payload["ranks"][0]) == {"rng", "sampler", "carry"}
+    assert payload["ranks"][0]["carry"]["y_answer"].shape[0] == 8
+    ema_weight = payload["ema_model"]["inner.lm_head.weight"]
+    raw_weight = payload["model"]["inner.lm_head.weight"]
+    assert not torch.equal(ema_weight, raw_weight)  # the EMA copy is a different (averaged) tensor
+    records = read_metrics(run_dir)
+    assert [r["step"] for r in records if "train/loss" in r] == [2, 4]
+    assert records[-1]["final"] is True
+
+
+def _final_state(run_dir):
+    payload = ckpt.load_checkpoint(ckpt.latest_checkpoint(run_dir))
+    return payload
+
+
+def test_resume_continues_exactly(tiny_config, tmp_path):
+    """8 steps straight == 4 steps, checkpoint, new process state, resume to 8 (bit-identical on CPU)."""
+    quiet = dict(progress=False, log=lambda _line: None)
+    cfg = tiny_config("max_steps=8", "checkpoint_interval=4", "model.halt_exploration_prob=0.5")
+    straight = tmp_path / "straight"
+    train(cfg, straight, **quiet)
+
+    resumed = tmp_path / "resumed"
+    (resumed / "checkpoints").mkdir(parents=True)
+    shutil.copy(ckpt.checkpoint_path(straight, 4), ckpt.checkpoint_path(resumed, 4))
+    torch.manual_seed(12345)  # a different global RNG state: the checkpoint must restore it
+    result = train(cfg, resumed, resume=True, **quiet)
+    assert result.step == 8
+
+    a, b = _final_state(straight), _final_state(resumed)
+    for part in ("model", "ema_model"):
+        assert a[part].keys() == b[part].keys()
+        for key in a[part]:
+            assert torch.equal(a[part][key], b[part][key]), (part, key)
+    for pa, pb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert torch.equal(pa["exp_avg"], pb["exp_avg"]) and torch.equal(pa["exp_avg_sq"], pb["exp_avg_sq"])
+    carry_a, carry_b = a["ranks"][0]["carry"], b["ranks"][0]["carry"]
+    assert torch.equal(carry_a["steps"], carry_b["steps"]) and torch.equal(carry_a["z_latent"], carry_b["z_latent"])
+
+
+def test_resume_without_checkpoint_is_an_error(tiny_config, tmp_path):
+    with pytest.raises(ckpt.CheckpointError, match="nothing to resume"):
+        train(tiny_config(), tmp_path / "empty", resume=True, progress=False)
+
+
+def test_ctrl_c_saves_a_checkpoint_and_stops(tiny_config, tmp_path, monkeypatch):
+    original_step = Trainer.train_step
+
+    def step_then_interrupt(self, batch):
+        metrics = original_step(self, batch)
+        if self.step == 3:
+            signal.raise_signal(signal.SIGINT)  # what Ctrl-C delivers; the handler only sets a flag
+        return metrics
+
+    monkeypatch.setattr(Trainer, "train_step", step_then_interrupt)
+    handler_before = signal.getsignal(signal.SIGINT)
+    run_dir = tmp_path / "run"
+    result = train(tiny_config("max_steps=20"), run_dir, progress=False, log=lambda _line: None)
+    assert result.stopped_by == "interrupt" and result.step == 3 and result.final_eval is None
+    assert [step for step, _ in ckpt.list_checkpoints(run_dir)] == [3]
+    assert signal.getsignal(signal.SIGINT) == handler_before  # our handler is gone again
+
+
+def test_max_minutes_bounds_the_run(tiny_config, tmp_path):
+    result = train(tiny_config("max_steps=1000", "max_minutes=0.0001"), tmp_path / "run", progress=False,
+                   log=lambda _line: None)
+    assert result.stopped_by == "max_minutes" and result.step == 1
+    assert result.final_eval is not None and result.final_eval["test/count"] == 12
+    assert [step for step, _ in ckpt.list_checkpoints(tmp_path / "run")] == [1]

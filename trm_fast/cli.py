@@ -1,0 +1,309 @@
+"""`trm-fast`: train, evaluate and inspect Tiny Recursive Models from the command line.
+
+    trm-fast train --dataset maze [--preset maze-cpu] [--run-dir runs/x] [--max-minutes 10] [--set lr=3e-4]
+    trm-fast eval  --checkpoint runs/x [--data data/maze-... | mazes.csv]
+    trm-fast solve --checkpoint runs/x [--index 3] [--steps]
+
+Argument parsing and printing only; the work is in trm_fast.train. Expected failures (bad data,
+config, checkpoint) print one line `trm-fast: error: ...` on stderr and exit with status 2.
+Set TRM_FAST_DEBUG=1 to see the traceback instead.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+PROG = "trm-fast"
+
+
+class UsageError(Exception):
+    """A command-line mistake (exit status 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but errors are the single line every other failure uses."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        raise UsageError(message)
+
+
+def _expected_errors() -> tuple[type, ...]:
+    from trm_fast.config import ConfigError
+    from trm_fast.data.errors import DataError
+    from trm_fast.model.compat import CheckpointError as CompatCheckpointError
+    from trm_fast.ops._backend import BackendUnavailable
+    from trm_fast.train.checkpoint import CheckpointError
+
+    return (UsageError, ConfigError, DataError, CheckpointError, CompatCheckpointError, BackendUnavailable)
+
+
+# ----------------------------------------------------------------------------------------------
+# train
+
+
+def _newest_run_with_checkpoint(root: Path) -> Optional[Path]:
+    from trm_fast.train.checkpoint import latest_checkpoint
+
+    if not root.is_dir():
+        return None
+    candidates = [d for d in root.iterdir() if d.is_dir() and latest_checkpoint(d) is not None]
+    return max(candidates, key=lambda d: latest_checkpoint(d).stat().st_mtime) if candidates else None
+
+
+def build_train_config(args) -> tuple[object, Optional[Path]]:
+    """The TrainConfig and run directory the `train` arguments describe."""
+    import torch
+
+    from trm_fast import config as config_lib
+
+    run_dir = Path(args.run_dir) if args.run_dir else None
+    if args.resume and run_dir is None:
+        run_dir = _newest_run_with_checkpoint(Path("runs"))
+        if run_dir is None:
+            raise UsageError("--resume without --run-dir: no run with a checkpoint under ./runs")
+    if args.resume and (run_dir / "config.json").is_file():
+        if args.preset:
+            raise UsageError("--preset cannot change a resumed run (its config.json is used); use --set")
+        cfg = config_lib.load_json(run_dir / "config.json")
+    else:
+        if args.resume:
+            raise UsageError(f"--resume: {run_dir} has no config.json")
+        cfg = config_lib.preset(args.preset or config_lib.default_preset_name(torch.cuda.is_available()))
+    if args.dataset is not None:
+        cfg.dataset = args.dataset
+    if args.data_dir is not None:
+        cfg.data_dir = args.data_dir
+    if args.max_steps is not None:
+        cfg.max_steps = args.max_steps
+    if args.max_minutes is not None:
+        cfg.max_minutes = args.max_minutes
+    if args.device is not None:
+        cfg.device = args.device
+    if args.backend is not None:
+        cfg.backend = args.backend
+    config_lib.apply_overrides(cfg, args.set or [])
+    return cfg, run_dir
+
+
+def cmd_train(args) -> int:
+    from trm_fast.train.loop import train
+
+    cfg, run_dir = build_train_config(args)
+    result = train(cfg, run_dir, resume=args.resume, progress=not args.no_progress)
+    if result.stopped_by == "interrupt":
+        return 130
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# eval / solve
+
+
+def _parse_model_sets(items: list[str]) -> dict:
+    """--model-set h_cycles=3: TRMConfig fields the weights cannot tell (reference checkpoints)."""
+    import typing
+
+    from trm_fast.model.reference import TRMConfig
+
+    hints = typing.get_type_hints(TRMConfig)
+    known = {}
+    for item in items or []:
+        if "=" not in item:
+            raise UsageError(f"--model-set {item!r} is not of the form field=value")
+        name, text = (part.strip() for part in item.split("=", 1))
+        if name not in hints:
+            raise UsageError(f"--model-set: unknown model field {name!r} (fields: {', '.join(hints)})")
+        kind = hints[name]
+        try:
+            if kind is bool:
+                if text.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError
+                known[name] = text.lower() in ("true", "1")
+            else:
+                known[name] = kind(text)
+        except ValueError:
+            raise UsageError(f"--model-set {name}: expected {getattr(kind, '__name__', kind)}, got {text!r}") from None
+    return known
+
+
+def load_model_for_eval(checkpoint: str, data_path: Optional[str], model_sets: list[str], device):
+    """(model in eval mode, eval data source, description of the checkpoint)."""
+    from trm_fast.model.compat import infer_config, load_any_state_dict, load_model_weights
+    from trm_fast.model.reference import TRM, TRMConfig
+    from trm_fast.train.checkpoint import CheckpointError, latest_checkpoint
+    from trm_fast.train.data import open_eval_source
+
+    path = Path(checkpoint)
+    if path.is_dir():
+        found = latest_checkpoint(path)
+        if found is None:
+            raise CheckpointError(f"{path}: no checkpoints/step_*.pt in this run directory")
+        path = found
+    state_dict, meta = load_any_state_dict(path)
+    saved_data = (meta.get("data") or {}).get("dir") if isinstance(meta.get("data"), dict) else None
+    if data_path is None and saved_data is None:
+        raise UsageError("--data is needed: the checkpoint does not say which data it was trained on")
+    source = open_eval_source(data_path or saved_data)
+    known = _parse_model_sets(model_sets)
+    if meta.get("format") == "trm-fast" and "model_config" in meta:
+        values = dict(meta["model_config"])
+        values.update(known)
+        try:
+            config = TRMConfig.from_dict(values)
+        except ValueError as error:
+            raise CheckpointError(f"{path}: bad model config ({error})") from None
+    else:
+        known.setdefault("seq_len", source.metadata.seq_len)
+        config = infer_config(state_dict, **known)
+    if config.vocab_size != source.metadata.vocab_size or config.seq_len != source.metadata.seq_len:
+        raise UsageError(
+            f"{source.name}: vocabulary {source.metadata.vocab_size} / sequence length {source.metadata.seq_len} "
+            f"do not match the model's {config.vocab_size} / {config.seq_len}"
+        )
+    model = TRM(config)
+    load_model_weights(model, state_dict, source=str(path))
+    model.to(device).eval()
+    step = meta.get("step")
+    description = f"{path}" + (f" (step {step})" if step is not None else "") + f", {meta.get('format', '?')} format"
+    return model, source, description
+
+
+def _device(name: Optional[str]):
+    from trm_fast.train.distributed import pick_device
+
+    return pick_device(name or "auto")
+
+
+def cmd_eval(args) -> int:
+    from trm_fast.train.evaluate import evaluate
+
+    device = _device(args.device)
+    model, source, description = load_model_for_eval(args.checkpoint, args.data, args.model_set, device)
+    started = time.monotonic()
+    batch_size = args.batch_size or 256
+    metrics = evaluate(model, source.batches(batch_size, args.limit), device, loss_type=args.loss_type,
+                       backend=args.backend, prefix="")
+    seconds = time.monotonic() - started
+    print(f"checkpoint {description}")
+    print(f"data {source.name}: {int(metrics['count'])} examples, {model.config.halt_max_steps} supervision steps, {seconds:.1f}s")
+    print(f"exact accuracy {metrics['exact_accuracy']:.4f}  token accuracy {metrics['accuracy']:.4f}  "
+          f"q-halt accuracy {metrics['q_halt_accuracy']:.4f}  lm_loss {metrics['lm_loss']:.4f}")
+    return 0
+
+
+def cmd_solve(args) -> int:
+    import torch
+
+    from trm_fast.train.evaluate import batch_to_device, run_all_steps
+
+    device = _device(args.device)
+    model, source, description = load_model_for_eval(args.checkpoint, args.data, args.model_set, device)
+    if not 0 <= args.index < source.num_examples:
+        raise UsageError(f"--index {args.index} is out of range: {source.name} has {source.num_examples} examples")
+    example = source.example(args.index)
+    batch = batch_to_device({k: torch.as_tensor(v)[None] for k, v in example.items()}, device)
+    answers: list[tuple[object, float]] = []
+
+    def record(step_index: int, outputs: dict) -> None:
+        answers.append((outputs["logits"][0].argmax(-1).cpu().numpy(), float(outputs["q_halt_logits"][0])))
+
+    run_all_steps(model, batch, on_step=record)
+    labels = example["labels"]
+    labelled = labels != -100
+    print(f"checkpoint {description}")
+    print(f"example {args.index} of {source.name}")
+    print("question:")
+    print(source.render(example["inputs"]))
+    if args.steps:
+        for step_index, (answer, q_halt) in enumerate(answers[:-1]):
+            correct = bool((answer[labelled] == labels[labelled]).all())
+            print(f"after step {step_index + 1} (q_halt {q_halt:+.2f}, {'correct' if correct else 'wrong'}):")
+            print(source.render(answer))
+    answer, q_halt = answers[-1]
+    wrong = int((answer[labelled] != labels[labelled]).sum())
+    print(f"model answer after {len(answers)} steps (q_halt {q_halt:+.2f}):")
+    print(source.render(answer))
+    if wrong:
+        print("expected:")
+        print(source.render(labels))
+        print(f"WRONG: {wrong} of {int(labelled.sum())} cells differ")
+    else:
+        print("CORRECT")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def make_parser() -> argparse.ArgumentParser:
+    from trm_fast import config as config_lib
+
+    parser = _Parser(prog=PROG, description="Train and run Tiny Recursive Models (TRM).")
+    commands = parser.add_subparsers(dest="command", metavar="{train,eval,solve}", parser_class=_Parser)
+
+    train = commands.add_parser("train", help="train a model (resumable)")
+    train.add_argument("--dataset", default=None,
+                       help='"maze" (built-in generator, cached in --data-dir) or a reference-layout folder')
+    train.add_argument("--preset", choices=sorted(config_lib.PRESETS), default=None,
+                       help="default: maze-paper with CUDA, maze-cpu without")
+    train.add_argument("--data-dir", default=None, help="where built-in data is generated/cached")
+    train.add_argument("--run-dir", default=None, help="default: runs/<preset>-<time>")
+    train.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")
+    train.add_argument("--max-steps", type=int, default=None)
+    train.add_argument("--max-minutes", type=float, default=None)
+    train.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)
+    train.add_argument("--backend", choices=("auto", "torch", "triton", "cuda"), default=None)
+    train.add_argument("--set", action="append", metavar="FIELD=VALUE",
+                       help="override a config field, e.g. --set model.hidden_size=128 --set lr=3e-4")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.set_defaults(handler=cmd_train)
+
+    for name, helptext in (("eval", "exact/token accuracy of a checkpoint"), ("solve", "show the model solving one example")):
+        sub = commands.add_parser(name, help=helptext)
+        sub.add_argument("--checkpoint", required=True,
+                         help="checkpoint file, run directory (its newest checkpoint), or a reference-project state dict")
+        sub.add_argument("--data", default=None,
+                         help="dataset folder (test split) or maze CSV; default: the checkpoint's training data")
+        sub.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+        sub.add_argument("--backend", choices=("auto", "torch", "triton", "cuda"), default=None)
+        sub.add_argument("--model-set", action="append", metavar="FIELD=VALUE",
+                         help="model settings the weights cannot tell (reference checkpoints), e.g. l_cycles=4")
+        if name == "eval":
+            sub.add_argument("--batch-size", type=int, default=None)
+            sub.add_argument("--limit", type=int, default=None, help="evaluate the first N examples only")
+            sub.add_argument("--loss-type", choices=("stablemax", "softmax"), default="stablemax")
+            sub.set_defaults(handler=cmd_eval)
+        else:
+            sub.add_argument("--index", type=int, default=0)
+            sub.add_argument("--steps", action="store_true", help="show the answer after every supervision step")
+            sub.set_defaults(handler=cmd_solve)
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    debug = os.environ.get("TRM_FAST_DEBUG", "0") not in ("", "0")
+    try:
+        parser = make_parser()
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help(sys.stderr)
+            return 2
+        return args.handler(args)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # noqa: BLE001 - the boundary that turns expected errors into one line
+        if debug or not isinstance(error, _expected_errors()):
+            raise
+        message = " ".join(str(error).split())
+        print(f"{PROG}: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

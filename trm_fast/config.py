@@ -1,0 +1,362 @@
+"""Training configuration: one dataclass tree, named presets, and `field=value` overrides.
+
+`TrainConfig` holds everything a run needs except what the data decides (vocabulary, sequence
+length, number of puzzle identifiers), which is filled in when the model is built. Defaults follow
+the reference project's Maze-Hard run (pretrain.py + config/cfg_pretrain.yaml + its README command);
+presets change only what they list.
+
+    cfg = preset("maze-cpu")
+    apply_overrides(cfg, ["model.hidden_size=128", "lr=3e-4", "max_minutes=none"])
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Optional, Union
+
+
+class ConfigError(ValueError):
+    """A bad configuration field or value; the message is one line meant for the user."""
+
+
+@dataclass
+class ModelSettings:
+    """Architecture hyperparameters of the TRM (everything in TRMConfig the data does not decide)."""
+
+    hidden_size: int = 512
+    num_heads: int = 8
+    expansion: float = 4.0
+    num_layers: int = 2
+    h_cycles: int = 3  # T
+    l_cycles: int = 4  # n (4 for Maze and ARC, 6 for Sudoku in the reference)
+    pos_encodings: str = "rope"
+    rope_theta: float = 10000.0
+    rms_norm_eps: float = 1e-5
+    puzzle_emb_ndim: int = 512  # 0 disables the puzzle embedding (and its sign-SGD)
+    puzzle_emb_len: int = 16
+    mlp_t: bool = False
+    halt_max_steps: int = 16
+    halt_exploration_prob: float = 0.1
+    no_act_continue: bool = True
+    forward_dtype: str = "bfloat16"
+
+
+@dataclass
+class MazeSettings:
+    """The built-in maze generator (used when `dataset` is "maze")."""
+
+    size: int = 30
+    num_train: int = 1000
+    num_test: int = 1000
+    seed: int = 0
+    augment: bool = False
+
+
+@dataclass
+class TrainConfig:
+    preset: str = ""
+    # Data: "maze" (built-in generator, cached under data_dir) or a reference-layout folder.
+    dataset: str = "maze"
+    data_dir: Optional[str] = None
+    maze: MazeSettings = field(default_factory=MazeSettings)
+    model: ModelSettings = field(default_factory=ModelSettings)
+    loss_type: str = "stablemax"  # stablemax | softmax
+
+    # Length of training: `epochs` as in the reference (sets the schedule's length), bounded further
+    # by max_steps and max_minutes (per invocation).
+    global_batch_size: int = 768
+    epochs: int = 50000
+    max_steps: Optional[int] = None
+    max_minutes: Optional[float] = None
+
+    # AdamATan2 with linear warmup then cosine decay to lr * lr_min_ratio (1.0 = constant).
+    lr: float = 1e-4
+    lr_min_ratio: float = 1.0
+    lr_warmup_steps: int = 2000
+    weight_decay: float = 1.0
+    beta1: float = 0.9
+    beta2: float = 0.95
+    # Sign-SGD for the puzzle-embedding rows, same schedule shape.
+    puzzle_emb_lr: float = 1e-4
+    puzzle_emb_weight_decay: float = 1.0
+
+    ema: bool = True
+    ema_rate: float = 0.999
+    seed: int = 0
+
+    # Periodic evaluation every eval_interval steps on at most eval_examples test examples
+    # (None = the whole split); the final evaluation always uses the whole test split.
+    eval_interval: Optional[int] = None
+    eval_examples: Optional[int] = None
+    eval_batch_size: Optional[int] = None  # None = global_batch_size
+    log_interval: int = 50
+    checkpoint_interval: Optional[int] = None  # None = at every evaluation
+    keep_checkpoints: int = 3
+
+    device: str = "auto"  # auto | cpu | cuda
+    backend: str = "auto"  # auto | torch | triton | cuda (fused ops)
+    compile: bool = False  # torch.compile the model
+
+
+CHOICES = {
+    "loss_type": ("stablemax", "softmax"),
+    "device": ("auto", "cpu", "cuda"),
+    "backend": ("auto", "torch", "triton", "cuda"),
+    "model.pos_encodings": ("rope", "learned", "none"),
+    "model.forward_dtype": ("float32", "bfloat16", "float16"),
+}
+
+
+def _maze_paper() -> TrainConfig:
+    """The reference Maze-Hard 30x30 run: README command + cfg_pretrain.yaml + arch/trm.yaml."""
+    return TrainConfig(
+        preset="maze-paper",
+        maze=MazeSettings(size=30, num_train=1000, num_test=1000),
+        model=ModelSettings(hidden_size=512, num_heads=8, h_cycles=3, l_cycles=4, forward_dtype="bfloat16"),
+        global_batch_size=768,
+        epochs=50000,
+        lr=1e-4,
+        lr_warmup_steps=2000,
+        weight_decay=1.0,
+        puzzle_emb_lr=1e-4,
+        puzzle_emb_weight_decay=1.0,
+        ema_rate=0.999,
+        eval_interval=6500,  # ~5000 epochs of 1000 examples at batch 768, as in the reference
+        log_interval=50,
+    )
+
+
+def _maze_cpu() -> TrainConfig:
+    """Small mazes and a small, shallow model that learn on a 2-core laptop and stop by themselves
+    (time bound) with a held-out evaluation. A starting point, tuned by experiment."""
+    return TrainConfig(
+        preset="maze-cpu",
+        maze=MazeSettings(size=7, num_train=2000, num_test=200),
+        model=ModelSettings(
+            hidden_size=64,
+            num_heads=4,
+            h_cycles=2,
+            l_cycles=2,
+            puzzle_emb_ndim=64,
+            puzzle_emb_len=1,
+            halt_max_steps=8,
+            forward_dtype="float32",
+        ),
+        global_batch_size=64,
+        epochs=100000,  # effectively unbounded: max_minutes ends the run
+        max_minutes=12.0,
+        lr=1e-3,
+        lr_warmup_steps=100,
+        weight_decay=0.1,
+        puzzle_emb_lr=1e-3,
+        puzzle_emb_weight_decay=0.1,
+        ema_rate=0.995,
+        eval_interval=500,
+        eval_examples=200,
+        log_interval=10,
+        checkpoint_interval=250,
+        device="cpu",
+    )
+
+
+PRESETS = {"maze-paper": _maze_paper, "maze-cpu": _maze_cpu}
+
+
+def preset(name: str) -> TrainConfig:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
+    return PRESETS[name]()
+
+
+def default_preset_name(cuda_available: bool) -> str:
+    return "maze-paper" if cuda_available else "maze-cpu"
+
+
+# ----------------------------------------------------------------------------------------------
+# Overrides
+
+
+def _field_types(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _unwrap_optional(annotation) -> tuple[Any, bool]:
+    origin = typing.get_origin(annotation)
+    if origin is Union or (hasattr(types, "UnionType") and origin is getattr(types, "UnionType")):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return annotation, False
+
+
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
+def _parse_value(path: str, text: str, annotation) -> Any:
+    target, optional = _unwrap_optional(annotation)
+    if optional and text.strip().lower() in ("none", "null", ""):
+        return None
+    text = text.strip()
+    try:
+        if target is bool:
+            lowered = text.lower()
+            if lowered in _TRUE:
+                return True
+            if lowered in _FALSE:
+                return False
+            raise ValueError
+        if target is int:
+            return int(text)
+        if target is float:
+            return float(text)
+        if target is str:
+            return text
+    except ValueError:
+        kind = {bool: "true/false", int: "an integer", float: "a number"}[target]
+        extra = " or none" if optional else ""
+        raise ConfigError(f"{path}: expected {kind}{extra}, got {text!r}") from None
+    raise ConfigError(f"{path}: cannot be set from the command line")
+
+
+def _unknown_field(path: str, name: str, candidates) -> ConfigError:
+    close = difflib.get_close_matches(name, list(candidates), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return ConfigError(f"unknown config field {path!r}{hint}")
+
+
+def set_field(cfg: TrainConfig, path: str, text: str) -> None:
+    """Set cfg.<path> (dotted) from its string form, checking the name and type."""
+    parts = path.split(".")
+    holder = cfg
+    for depth, name in enumerate(parts):
+        types_here = _field_types(type(holder))
+        if name not in types_here:
+            raise _unknown_field(path, name, types_here)
+        annotation = types_here[name]
+        if depth < len(parts) - 1:
+            holder = getattr(holder, name)
+            if not dataclasses.is_dataclass(holder):
+                raise ConfigError(f"{'.'.join(parts[: depth + 1])} has no sub-fields (in {path!r})")
+            continue
+        if dataclasses.is_dataclass(getattr(holder, name)):
+            subfields = ", ".join(f.name for f in dataclasses.fields(getattr(holder, name)))
+            raise ConfigError(f"{path} is a group; set one of its fields: {path}.<{subfields}>")
+        value = _parse_value(path, text, annotation)
+        if path in CHOICES and value not in CHOICES[path]:
+            raise ConfigError(f"{path}: expected one of {', '.join(CHOICES[path])}, got {value!r}")
+        setattr(holder, name, value)
+
+
+def apply_overrides(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:
+    """Apply ["a.b=value", ...] in order; raises ConfigError on a bad name, type or value."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form field=value")
+        path, text = item.split("=", 1)
+        set_field(cfg, path.strip(), text)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Cross-field and range checks that a type alone cannot express."""
+
+    def need(condition: bool, message: str) -> None:
+        if not condition:
+            raise ConfigError(message)
+
+    for path, allowed in CHOICES.items():
+        value = get_field(cfg, path)
+        need(value in allowed, f"{path}: expected one of {', '.join(allowed)}, got {value!r}")
+    need(cfg.global_batch_size >= 1, f"global_batch_size must be >= 1, got {cfg.global_batch_size}")
+    need(cfg.epochs >= 1, f"epochs must be >= 1, got {cfg.epochs}")
+    need(cfg.max_steps is None or cfg.max_steps >= 0, f"max_steps must be >= 0, got {cfg.max_steps}")
+    need(cfg.max_minutes is None or cfg.max_minutes > 0, f"max_minutes must be > 0, got {cfg.max_minutes}")
+    for name in ("lr", "puzzle_emb_lr", "weight_decay", "puzzle_emb_weight_decay", "lr_warmup_steps"):
+        need(getattr(cfg, name) >= 0, f"{name} must be >= 0, got {getattr(cfg, name)}")
+    need(0.0 <= cfg.lr_min_ratio <= 1.0, f"lr_min_ratio must be in [0, 1], got {cfg.lr_min_ratio}")
+    for name in ("beta1", "beta2", "ema_rate"):
+        need(0.0 <= getattr(cfg, name) < 1.0, f"{name} must be in [0, 1), got {getattr(cfg, name)}")
+    for name in ("eval_interval", "eval_examples", "eval_batch_size", "checkpoint_interval"):
+        value = getattr(cfg, name)
+        need(value is None or value >= 1, f"{name} must be >= 1 or none, got {value}")
+    need(cfg.log_interval >= 1, f"log_interval must be >= 1, got {cfg.log_interval}")
+    need(cfg.keep_checkpoints >= 1, f"keep_checkpoints must be >= 1, got {cfg.keep_checkpoints}")
+    model = cfg.model
+    for name in ("hidden_size", "num_heads", "num_layers", "h_cycles", "l_cycles", "halt_max_steps"):
+        need(getattr(model, name) >= 1, f"model.{name} must be >= 1, got {getattr(model, name)}")
+    need(model.expansion > 0, f"model.expansion must be > 0, got {model.expansion}")
+    need(model.puzzle_emb_ndim >= 0 and model.puzzle_emb_len >= 0, "model.puzzle_emb_ndim/len must be >= 0")
+    need(0.0 <= model.halt_exploration_prob <= 1.0, "model.halt_exploration_prob must be in [0, 1]")
+    need(
+        model.mlp_t or model.hidden_size % model.num_heads == 0,
+        f"model.hidden_size {model.hidden_size} is not divisible by model.num_heads {model.num_heads}",
+    )
+    maze = cfg.maze
+    need(maze.size >= 3, f"maze.size must be >= 3, got {maze.size}")
+    need(maze.num_train >= 1 and maze.num_test >= 1, "maze.num_train and maze.num_test must be >= 1")
+
+
+def get_field(cfg: TrainConfig, path: str) -> Any:
+    holder = cfg
+    for name in path.split("."):
+        holder = getattr(holder, name)
+    return holder
+
+
+# ----------------------------------------------------------------------------------------------
+# Serialisation
+
+
+def to_dict(cfg: TrainConfig) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(values: dict) -> TrainConfig:
+    """Inverse of to_dict; unknown keys are an error (a config from a newer version, or a typo)."""
+
+    def build(cls, data: dict, prefix: str):
+        if not isinstance(data, dict):
+            raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(data).__name__}")
+        hints = _field_types(cls)
+        kwargs = {}
+        for key, value in data.items():
+            if key not in hints:
+                raise _unknown_field(prefix + key, key, hints)
+            sub_cls = hints[key]
+            if dataclasses.is_dataclass(sub_cls):
+                kwargs[key] = build(sub_cls, value, prefix + key + ".")
+            else:
+                kwargs[key] = value
+        return cls(**kwargs)
+
+    cfg = build(TrainConfig, values, "")
+    validate(cfg)
+    return cfg
+
+
+def save_json(cfg: TrainConfig, path) -> None:
+    with open(path, "w") as handle:
+        json.dump(to_dict(cfg), handle, indent=2, sort_keys=False)
+        handle.write("\n")
+
+
+def load_json(path) -> TrainConfig:
+    try:
+        with open(path) as handle:
+            values = json.load(handle)
+    except (OSError, json.JSONDecodeError) as error:
+        raise ConfigError(f"{path}: cannot read config ({error})") from None
+    return from_dict(values)
+
+
+def model_config_dict(cfg: TrainConfig, vocab_size: int, seq_len: int, num_puzzle_identifiers: int) -> dict:
+    """The TRMConfig fields for this training config and dataset."""
+    values = dataclasses.asdict(cfg.model)
+    values.update(vocab_size=vocab_size, seq_len=seq_len, num_puzzle_identifiers=num_puzzle_identifiers)
+    return values

@@ -1,0 +1,48 @@
+"""Data layer: maze generator, the reference dataset folder format, maze CSV files, batch loaders.
+
+    from trm_fast.data import build_maze_dataset, load_split, TrainSampler, EvalBatches
+    folder = build_maze_dataset("data/maze-30", size=30, num_train=1000, num_test=1000, seed=0)
+    train = TrainSampler(load_split(folder, "train"), global_batch_size=768, rank=0, world_size=1)
+    batch = next(train)   # inputs int32 [b, 900], labels int64 [b, 900], puzzle_identifiers int32 [b]
+"""
+from trm_fast.data.csv_format import (
+    MazeRecords,
+    convert_maze_csv,
+    maze_string_to_tokens,
+    read_maze_csv,
+    tokens_to_maze_string,
+    write_maze_csv,
+)
+from trm_fast.data.dataset import (
+    PuzzleMetadata,
+    PuzzleSet,
+    PuzzleSplit,
+    build_maze_dataset,
+    load_split,
+    write_identifiers,
+    write_maze_split,
+    write_split,
+)
+from trm_fast.data.errors import DataError
+from trm_fast.data.loader import IGNORE_INDEX, EvalBatches, TrainSampler
+from trm_fast.data.maze import (
+    CHARSET,
+    VOCAB_SIZE,
+    check_maze_pair,
+    default_min_path_length,
+    dihedral,
+    generate_mazes,
+    render_maze,
+    shortest_path_count,
+)
+
+__all__ = [
+    "CHARSET", "VOCAB_SIZE", "IGNORE_INDEX", "DataError",
+    "generate_mazes", "render_maze", "dihedral", "shortest_path_count", "check_maze_pair",
+    "default_min_path_length",
+    "PuzzleMetadata", "PuzzleSet", "PuzzleSplit", "load_split", "write_split", "write_maze_split",
+    "write_identifiers", "build_maze_dataset",
+    "MazeRecords", "read_maze_csv", "write_maze_csv", "convert_maze_csv", "maze_string_to_tokens",
+    "tokens_to_maze_string",
+    "TrainSampler", "EvalBatches",
+]

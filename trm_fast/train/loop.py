@@ -1,0 +1,443 @@
+"""The training loop: deep supervision with the ACT carry, one optimizer step per supervision step.
+
+Per step (reference: pretrain.py train_batch):
+    batch  <- sampler (this rank's slice of the global batch); halted slots take its examples
+    carry, outputs = model(carry, batch)                      # one supervision step
+    (act_loss / global_batch_size).backward()
+    all-reduce gradients (data parallel), gather puzzle-embedding rows
+    AdamATan2 (+ fused EMA) on the weights, sign-SGD on the puzzle rows, both on the same schedule
+Metrics stay on the device and are read only at logging steps. A run directory holds config.json,
+metrics.jsonl, final_eval.json and checkpoints/ (see checkpoint.py); `resume=True` continues from
+the newest checkpoint exactly (bit-identical on CPU).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from trm_fast import config as config_lib
+from trm_fast.config import ConfigError, TrainConfig
+from trm_fast.model.reference import TRM, ACTCarry, TRMConfig
+from trm_fast.train import checkpoint as ckpt
+from trm_fast.train import distributed as dist_lib
+from trm_fast.train.data import RunData, open_run_data
+from trm_fast.train.ema import EMA
+from trm_fast.train.evaluate import MODEL_KEYS, batch_to_device, evaluate
+from trm_fast.train.losses import METRIC_NAMES, act_loss, summarise
+from trm_fast.train.optim import AdamATan2, PuzzleEmbeddingSignSGD, lr_at_step
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    stopped_by: str  # "max_steps" | "schedule_end" | "max_minutes" | "interrupt"
+    final_eval: Optional[dict]
+    last_train: Optional[dict]
+
+
+def build_model(cfg: TrainConfig, data: RunData) -> TRM:
+    values = config_lib.model_config_dict(
+        cfg, data.metadata.vocab_size, data.metadata.seq_len, data.metadata.num_puzzle_identifiers
+    )
+    try:
+        model_config = TRMConfig.from_dict(values)
+    except ValueError as error:
+        raise ConfigError(f"model config: {error}") from None
+    return TRM(model_config)
+
+
+def schedule_length(cfg: TrainConfig, data: RunData) -> int:
+    """Total optimizer steps the LR schedule spans: `epochs` as in the reference, capped by max_steps."""
+    from_epochs = max(int(cfg.epochs * data.batches_per_epoch), 1)
+    return min(from_epochs, cfg.max_steps) if cfg.max_steps is not None else from_epochs
+
+
+def carry_state(carry: Optional[ACTCarry]) -> Optional[dict]:
+    if carry is None:
+        return None
+    state = {f.name: getattr(carry, f.name) for f in fields(carry)}
+    state["current_data"] = {k: v.detach().cpu() for k, v in state["current_data"].items()}
+    return {k: (v.detach().cpu() if torch.is_tensor(v) else v) for k, v in state.items()}
+
+
+def carry_from_state(state: Optional[dict], device: torch.device) -> Optional[ACTCarry]:
+    if state is None:
+        return None
+    values = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in state.items()}
+    values["current_data"] = {k: v.to(device) for k, v in state["current_data"].items()}
+    return ACTCarry(**values)
+
+
+class _StopSignal:
+    """First Ctrl-C asks the loop to stop after the current step (it then checkpoints); a second one
+    interrupts at once."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.getsignal(signal.SIGINT)
+            signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        return False
+
+
+class Trainer:
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        run_dir: Optional[str | os.PathLike] = None,
+        resume: bool = False,
+        progress: bool = True,
+        log: Callable[[str], None] = print,
+    ):
+        config_lib.validate(cfg)
+        self.cfg = cfg
+        self.progress_enabled = progress
+        self.context = dist_lib.init_distributed(cfg.device)
+        self.device = self.context.device
+        self._log = log
+        ctx = self.context
+        if run_dir is None:  # rank 0 names it, so every rank agrees
+            name = f"{cfg.preset or 'run'}-{time.strftime('%Y%m%d-%H%M%S')}"
+            run_dir = dist_lib.broadcast_object(str(Path("runs") / name), ctx)
+        self.run_dir = Path(run_dir)
+        if cfg.global_batch_size % ctx.world_size:
+            raise ConfigError(
+                f"global_batch_size {cfg.global_batch_size} is not divisible by the {ctx.world_size} processes"
+            )
+        self.local_batch_size = cfg.global_batch_size // ctx.world_size
+
+        resume_path = None
+        if resume:
+            resume_path = ckpt.latest_checkpoint(self.run_dir)
+            if resume_path is None:
+                raise ckpt.CheckpointError(f"{self.run_dir}: nothing to resume (no checkpoints/step_*.pt)")
+
+        self.data = open_run_data(cfg, self.context, self.local_batch_size)
+
+        # Same initial weights on every rank (seeded, then rank 0's broadcast to be sure); then
+        # per-rank streams for exploration, as in the reference (seed + rank).
+        torch.manual_seed(cfg.seed)
+        self.model = build_model(cfg, self.data).to(self.device)
+        dist_lib.broadcast_module(self.model, ctx)
+        self._seed_everything(cfg.seed + ctx.rank)
+
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.ema = EMA(self.model, cfg.ema_rate) if cfg.ema else None
+        self.optimizer = AdamATan2(
+            self.params,
+            lr=0.0,
+            betas=(cfg.beta1, cfg.beta2),
+            weight_decay=cfg.weight_decay,
+            ema=self.ema,
+            backend=cfg.backend,
+        )
+        self.sign_sgd = None
+        if self.model.puzzle_emb is not None:
+            self.sign_sgd = PuzzleEmbeddingSignSGD(
+                self.model.puzzle_emb,
+                lr=0.0,
+                weight_decay=cfg.puzzle_emb_weight_decay,
+                backend=cfg.backend,
+                gather_rows=lambda ids, rows: dist_lib.gather_rows(ids, rows, ctx),
+            )
+        self.forward = torch.compile(self.model) if cfg.compile else self.model
+        self.total_steps = schedule_length(cfg, self.data)
+        self.step = 0
+        self.carry: Optional[ACTCarry] = None
+        self.last_eval: Optional[dict] = None
+        if resume_path is not None:
+            self._restore(resume_path)
+
+    # ------------------------------------------------------------------------------------------
+    def log(self, message: str) -> None:
+        if self.context.is_main:
+            self._log(message)
+
+    @staticmethod
+    def _seed_everything(seed: int) -> None:
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.manual_seed(seed)
+
+    def lr(self, base_lr: float) -> float:
+        cfg = self.cfg
+        return lr_at_step(self.step, base_lr, cfg.lr_warmup_steps, self.total_steps, cfg.lr_min_ratio)
+
+    def ema_state_dict(self) -> dict:
+        if self.ema is None:
+            return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        return self.ema.model_state_dict(self.model)
+
+    def eval_model(self) -> TRM:
+        """A separate model holding the weights evaluation uses (EMA when enabled)."""
+        model = TRM(self.model.config).to(self.device)
+        model.load_state_dict(self.ema_state_dict())
+        model.eval()
+        return model
+
+    # ------------------------------------------------------------------------------------------
+    def train_step(self, batch: dict) -> torch.Tensor:
+        """One supervision step + optimizer step; returns the metric sums (on device)."""
+        cfg = self.cfg
+        self.model.train()
+        if self.carry is None:
+            self.carry = self.model.initial_carry(batch)
+        self.step += 1
+        self.carry, outputs = self.forward(self.carry, batch)
+        loss, metrics = act_loss(
+            outputs, self.carry.current_data["labels"], self.carry.halted, self.carry.steps, cfg.loss_type, cfg.backend
+        )
+        (loss / cfg.global_batch_size).backward()
+        dist_lib.all_reduce_gradients(self.params, self.context)
+
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr(cfg.lr)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.sign_sgd is not None:
+            self.sign_sgd.lr = self.lr(cfg.puzzle_emb_lr)
+            self.sign_sgd.step()
+            self.sign_sgd.zero_grad()
+        return metrics
+
+    def run_evaluation(self, limit: Optional[int], prefix: str = "eval/") -> dict:
+        cfg = self.cfg
+        batch_size = cfg.eval_batch_size or cfg.global_batch_size
+        model = self.eval_model()
+        return evaluate(
+            model,
+            self.data.eval_batches(batch_size, limit),
+            self.device,
+            loss_type=cfg.loss_type,
+            backend=cfg.backend,
+            context=self.context,
+            prefix=prefix,
+        )
+
+    # ------------------------------------------------------------------------------------------
+    def save_checkpoint(self) -> Optional[Path]:
+        """Collective: every rank contributes its RNG, sampler position and carry; rank 0 writes."""
+        cfg = self.cfg
+        rank_state = {
+            "rng": ckpt.rng_state(),
+            "sampler": ckpt.encode(self.data.sampler.state_dict()),
+            "carry": carry_state(self.carry),
+        }
+        all_rank_states = dist_lib.gather_objects(rank_state, self.context)
+        path = None
+        if self.context.is_main:
+            payload = {
+                "format": ckpt.FORMAT,
+                "version": ckpt.VERSION,
+                "step": self.step,
+                "model_config": self.model.config.to_dict(),
+                "train_config": config_lib.to_dict(cfg),
+                "model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
+                "ema_model": {k: v.detach().cpu() for k, v in self.ema_state_dict().items()},
+                "optimizer": self.optimizer.state_dict(),
+                "ema": self.ema.state_dict() if self.ema is not None else None,
+                "world_size": self.context.world_size,
+                "ranks": all_rank_states,
+                "metrics": self.last_eval,
+                "data": self.data.describe(),
+            }
+            path = ckpt.checkpoint_path(self.run_dir, self.step)
+            ckpt.atomic_torch_save(payload, path)
+            ckpt.prune_checkpoints(self.run_dir, cfg.keep_checkpoints)
+        dist_lib.barrier(self.context)
+        return path
+
+    def _restore(self, path: Path) -> None:
+        payload = ckpt.load_checkpoint(path)
+        ctx = self.context
+        if payload["world_size"] != ctx.world_size:
+            raise ckpt.CheckpointError(
+                f"{path}: written by {payload['world_size']} process(es); resume it with the same number "
+                f"(now {ctx.world_size}) to continue exactly"
+            )
+        if payload["model_config"] != self.model.config.to_dict():
+            raise ckpt.CheckpointError(f"{path}: its model config differs from this run's")
+        try:
+            self.model.load_state_dict(payload["model"])
+            self.optimizer.load_state_dict(payload["optimizer"])
+            if self.ema is not None:
+                if payload["ema"] is None:
+                    raise ckpt.CheckpointError(f"{path}: has no EMA state but this run uses EMA")
+                self.ema.load_state_dict(payload["ema"])
+            rank_state = payload["ranks"][ctx.rank]
+            self.data.sampler.load_state_dict(ckpt.decode(rank_state["sampler"]))
+            ckpt.set_rng_state(rank_state["rng"])
+        except (KeyError, RuntimeError, ValueError) as error:
+            if isinstance(error, ckpt.CheckpointError):
+                raise
+            first_line = (str(error).splitlines() or [""])[0][:200]
+            raise ckpt.CheckpointError(f"{path}: does not fit this run ({first_line})") from None
+        self.carry = carry_from_state(rank_state["carry"], self.device)
+        self.step = int(payload["step"])
+        self.last_eval = payload.get("metrics")
+        self.log(f"resumed from {path} at step {self.step}")
+
+    # ------------------------------------------------------------------------------------------
+    def _append_metrics(self, record: dict) -> None:
+        if not self.context.is_main:
+            return
+        with open(self.run_dir / "metrics.jsonl", "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def run(self) -> TrainResult:
+        cfg, ctx = self.cfg, self.context
+        if ctx.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            config_lib.save_json(cfg, self.run_dir / "config.json")
+        dist_lib.barrier(ctx)
+
+        end_step = self.total_steps
+        start_time = time.monotonic()
+        deadline = start_time + cfg.max_minutes * 60 if cfg.max_minutes is not None else math.inf
+        progress = None
+        if ctx.is_main and self.progress_enabled:
+            from tqdm import tqdm
+
+            progress = tqdm(total=end_step, initial=self.step, dynamic_ncols=True, desc="train", file=sys.stderr)
+        self.log(
+            f"training {sum(p.numel() for p in self.params):,} parameters on {ctx.world_size} x {self.device.type}, "
+            f"global batch {cfg.global_batch_size}, steps {self.step}->{end_step}, run dir {self.run_dir}"
+        )
+
+        metric_sums = torch.zeros(len(METRIC_NAMES), dtype=torch.float32, device=self.device)
+        last_log_time, last_log_step = time.monotonic(), self.step
+        last_train: Optional[dict] = None
+        stopped_by = "max_steps" if cfg.max_steps is not None and cfg.max_steps <= end_step else "schedule_end"
+        checkpoint_interval = cfg.checkpoint_interval or cfg.eval_interval
+        saved_at = self.step if self.step > 0 else None
+
+        with _StopSignal() as stop_signal:
+            while self.step < end_step:
+                batch = batch_to_device(next(self.data.sampler), self.device)
+                metric_sums += self.train_step({key: batch[key] for key in MODEL_KEYS})
+                if progress is not None:
+                    progress.update(1)
+
+                at_log_step = self.step % cfg.log_interval == 0 or self.step == end_step
+                if at_log_step:
+                    dist_lib.all_reduce_sum(metric_sums, ctx)
+                    now = time.monotonic()
+                    last_train = summarise(metric_sums.cpu(), prefix="train/")
+                    steps_per_second = (self.step - last_log_step) / max(now - last_log_time, 1e-9)
+                    record = {"step": self.step, **last_train, "train/lr": self.lr(cfg.lr),
+                              "steps_per_second": steps_per_second, "elapsed_s": now - start_time}
+                    self._append_metrics(record)
+                    if progress is not None:
+                        progress.set_postfix(
+                            loss=f"{last_train['train/loss']:.4f}",
+                            exact=f"{last_train['train/exact_accuracy']:.3f}",
+                            it_s=f"{steps_per_second:.2f}",
+                        )
+                    metric_sums.zero_()
+                    last_log_time, last_log_step = now, self.step
+
+                if cfg.eval_interval and self.step % cfg.eval_interval == 0 and self.step < end_step:
+                    self.last_eval = self.run_evaluation(cfg.eval_examples)
+                    self._append_metrics({"step": self.step, **self.last_eval})
+                    self._write(progress, self._eval_line("eval", self.last_eval))
+                if checkpoint_interval and self.step % checkpoint_interval == 0 and self.step < end_step:
+                    self.save_checkpoint()
+                    saved_at = self.step
+
+                # Stop requests: checked every step alone; with several ranks only at logging steps,
+                # where all ranks agree through one collective.
+                out_of_time = time.monotonic() > deadline
+                if ctx.enabled:
+                    if not at_log_step:
+                        continue
+                    interrupted = dist_lib.any_rank(stop_signal.requested, ctx)
+                    out_of_time = dist_lib.any_rank(out_of_time, ctx)
+                else:
+                    interrupted = stop_signal.requested
+                if interrupted:
+                    stopped_by = "interrupt"
+                    break
+                if out_of_time:
+                    stopped_by = "max_minutes"
+                    break
+
+            if progress is not None:
+                progress.close()
+            if saved_at != self.step:
+                path = self.save_checkpoint()
+                if path is not None:
+                    self.log(f"saved checkpoint {path}")
+
+            final_eval = None
+            if stopped_by != "interrupt":
+                final_eval = self.run_evaluation(limit=None, prefix="test/")
+                self.last_eval = final_eval
+                self._append_metrics({"step": self.step, "final": True, **final_eval})
+                if ctx.is_main:
+                    with open(self.run_dir / "final_eval.json", "w") as handle:
+                        json.dump({"step": self.step, **final_eval}, handle, indent=2)
+                self.log(self._eval_line("held-out test (EMA weights, all steps)" if self.ema else "held-out test", final_eval))
+            else:
+                self.log(f"interrupted at step {self.step}; resume with --resume --run-dir {self.run_dir}")
+        dist_lib.barrier(ctx)
+        return TrainResult(self.run_dir, self.step, stopped_by, final_eval, last_train)
+
+    def _write(self, progress, line: str) -> None:
+        if not self.context.is_main:
+            return
+        if progress is not None:
+            progress.write(line, file=sys.stderr)
+        else:
+            self._log(line)
+
+    def _eval_line(self, label: str, metrics: dict) -> str:
+        prefix = next(iter(metrics)).split("/")[0] + "/"
+        return (
+            f"step {self.step} {label}: exact {metrics[prefix + 'exact_accuracy']:.4f} "
+            f"token {metrics[prefix + 'accuracy']:.4f} q-halt {metrics[prefix + 'q_halt_accuracy']:.4f} "
+            f"lm_loss {metrics[prefix + 'lm_loss']:.4f} on {int(metrics[prefix + 'count'])} examples"
+        )
+
+    def close(self) -> None:
+        dist_lib.shutdown(self.context)
+
+
+def train(
+    cfg: TrainConfig,
+    run_dir: Optional[str | os.PathLike] = None,
+    resume: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> TrainResult:
+    """Train (or resume) a run in `run_dir`; returns where it stopped and the final evaluation."""
+    trainer = Trainer(cfg, run_dir, resume=resume, progress=progress, log=log)
+    try:
+        return trainer.run()
+    finally:
+        trainer.close()
