@@ -36,7 +36,6 @@ BETAS = (0.9, 0.95)
 WEIGHT_DECAY = 1.0
 PUZZLE_EMB_WEIGHT_DECAY = 1.0
 EMA_DECAY = 0.999
-EVAL_STEPS = 16  # halt_max_steps: evaluation runs every supervision step
 
 
 # ----------------------------------------------------------------------------- configurations
@@ -58,7 +57,7 @@ class BenchCase:
 
     @property
     def eval_flops(self) -> int:
-        return EVAL_STEPS * eval_step_flops(self.config, self.batch_size)
+        return self.config.halt_max_steps * eval_step_flops(self.config, self.batch_size)
 
 
 _SUDOKU = dict(vocab_size=11, seq_len=81, num_heads=8, h_cycles=3, l_cycles=6, puzzle_emb_len=16)
@@ -173,7 +172,10 @@ def _write_carry(target, source) -> None:
 class TrainEngine:
     """One engine's whole training supervision step on a fixed batch; `step()` runs one (synchronised)."""
 
-    def __init__(self, spec: EngineSpec, case: BenchCase, device: torch.device, seed: int = 0, warmup_steps: int = 2):
+    def __init__(
+        self, spec: EngineSpec, case: BenchCase, device: torch.device, seed: int = 0, warmup_steps: int = 2,
+        compile_backend: str = "inductor",
+    ):
         self.spec, self.case, self.device = spec, case, device
         self.model = build_model(spec, case.config, device, seed).train()
         self.batch = make_batch(case.config, case.batch_size, device, seed)
@@ -188,7 +190,7 @@ class TrainEngine:
         self.puzzle_lr = torch.full((), PUZZLE_EMB_LR, dtype=torch.float32, device=device)
         self.forward_and_loss = self._forward_and_loss
         if spec.compiled:
-            self.forward_and_loss = torch.compile(self._forward_and_loss)
+            self.forward_and_loss = torch.compile(self._forward_and_loss, backend=compile_backend)
         self.run = self._step
         if spec.cuda_graphs:
             from trm_fast.cuda_graphs import GraphedStep
@@ -235,22 +237,22 @@ class TrainEngine:
 class EvalEngine:
     """Evaluation of one batch: a fresh carry, all 16 supervision steps, then the loss head's metrics."""
 
-    def __init__(self, spec: EngineSpec, case: BenchCase, device: torch.device, seed: int = 0):
+    def __init__(
+        self, spec: EngineSpec, case: BenchCase, device: torch.device, seed: int = 0, compile_backend: str = "inductor"
+    ):
+        if spec.cuda_graphs:
+            raise ValueError("the evaluation benchmark has no CUDA-graph engine")
         self.spec, self.case, self.device = spec, case, device
         self.model = build_model(spec, case.config, device, seed).eval()
         self.batch = make_batch(case.config, case.batch_size, device, seed)
-        self.run_steps = torch.compile(self._run_steps) if spec.compiled else self._run_steps
-
-    @torch.no_grad()
-    def _run_steps(self, carry, batch):
-        for _ in range(self.case.config.halt_max_steps):
-            carry, outputs = self.model(carry, batch)
-        return carry, outputs
+        # Compiled per supervision step (as the reference runs its model), not the unrolled 16 steps.
+        self.forward = torch.compile(self.model, backend=compile_backend) if spec.compiled else self.model
 
     @torch.no_grad()
     def step(self) -> dict:
         carry = self.model.initial_carry(self.batch)
-        carry, outputs = self.run_steps(carry, self.batch)
+        for _ in range(self.case.config.halt_max_steps):
+            carry, outputs = self.forward(carry, self.batch)
         metrics = act_loss_head(
             outputs["logits"], carry.current_data["labels"], outputs["q_halt_logits"], backend=self.spec.backend
         )

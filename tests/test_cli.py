@@ -10,7 +10,7 @@ from trm_fast.cli import main
 
 TINY_SETS = [
     "maze.size=6", "maze.num_train=48", "maze.num_test=8", "model.hidden_size=32", "model.num_heads=2",
-    "model.h_cycles=2", "model.l_cycles=1", "model.puzzle_emb_ndim=32", "model.puzzle_emb_len=1",
+    "model.h_cycles=2", "model.l_cycles=1", "model.puzzle_emb_len=1",
     "model.halt_max_steps=3", "global_batch_size=8", "lr_warmup_steps=2", "log_interval=2",
     "eval_interval=none", "checkpoint_interval=none", "eval_batch_size=8",
 ]

@@ -36,7 +36,7 @@ class ModelSettings:
     pos_encodings: str = "rope"
     rope_theta: float = 10000.0
     rms_norm_eps: float = 1e-5
-    puzzle_emb_ndim: int = 512  # 0 disables the puzzle embedding (and its sign-SGD)
+    puzzle_emb_ndim: Optional[int] = None  # None = hidden_size (the reference); 0 disables it
     puzzle_emb_len: int = 16
     mlp_t: bool = False
     halt_max_steps: int = 16
@@ -141,7 +141,6 @@ def _maze_cpu() -> TrainConfig:
             num_heads=4,
             h_cycles=2,
             l_cycles=2,
-            puzzle_emb_ndim=64,
             puzzle_emb_len=1,
             halt_max_steps=8,
             forward_dtype="float32",
@@ -291,7 +290,13 @@ def validate(cfg: TrainConfig) -> None:
     for name in ("hidden_size", "num_heads", "num_layers", "h_cycles", "l_cycles", "halt_max_steps"):
         need(getattr(model, name) >= 1, f"model.{name} must be >= 1, got {getattr(model, name)}")
     need(model.expansion > 0, f"model.expansion must be > 0, got {model.expansion}")
-    need(model.puzzle_emb_ndim >= 0 and model.puzzle_emb_len >= 0, "model.puzzle_emb_ndim/len must be >= 0")
+    emb_ndim = model.hidden_size if model.puzzle_emb_ndim is None else model.puzzle_emb_ndim
+    need(emb_ndim >= 0 and model.puzzle_emb_len >= 0, "model.puzzle_emb_ndim/len must be >= 0")
+    need(
+        model.puzzle_emb_len == 0 or emb_ndim <= model.puzzle_emb_len * model.hidden_size,
+        f"model.puzzle_emb_ndim {emb_ndim} does not fit in model.puzzle_emb_len {model.puzzle_emb_len} "
+        f"prefix tokens of model.hidden_size {model.hidden_size}",
+    )
     need(0.0 <= model.halt_exploration_prob <= 1.0, "model.halt_exploration_prob must be in [0, 1]")
     need(
         model.mlp_t or model.hidden_size % model.num_heads == 0,
@@ -358,5 +363,7 @@ def load_json(path) -> TrainConfig:
 def model_config_dict(cfg: TrainConfig, vocab_size: int, seq_len: int, num_puzzle_identifiers: int) -> dict:
     """The TRMConfig fields for this training config and dataset."""
     values = dataclasses.asdict(cfg.model)
+    if values["puzzle_emb_ndim"] is None:
+        values["puzzle_emb_ndim"] = cfg.model.hidden_size
     values.update(vocab_size=vocab_size, seq_len=seq_len, num_puzzle_identifiers=num_puzzle_identifiers)
     return values

@@ -6,7 +6,7 @@ from trm_fast import config as config_lib
 TINY_OVERRIDES = [
     "maze.size=6", "maze.num_train=64", "maze.num_test=12", "maze.seed=1",
     "model.hidden_size=32", "model.num_heads=2", "model.h_cycles=2", "model.l_cycles=1",
-    "model.puzzle_emb_ndim=32", "model.puzzle_emb_len=1", "model.halt_max_steps=4",
+    "model.puzzle_emb_len=1", "model.halt_max_steps=4",
     "model.forward_dtype=float32",
     "global_batch_size=8", "lr=3e-3", "puzzle_emb_lr=3e-3", "lr_warmup_steps=2", "weight_decay=0.1",
     "puzzle_emb_weight_decay=0.1", "ema_rate=0.9", "log_interval=2", "eval_interval=none",

@@ -41,6 +41,7 @@ def test_overrides_parse_types():
     ("lr", "not of the form field=value"),
     ("global_batch_size=0", "global_batch_size must be >= 1"),
     ("model.num_heads=5", "not divisible by model.num_heads 5"),
+    ("model.puzzle_emb_ndim=100", "model.puzzle_emb_ndim 100 does not fit in model.puzzle_emb_len 1"),
 ])
 def test_bad_overrides_give_clear_errors(override, message):
     with pytest.raises(ConfigError) as info:
@@ -67,3 +68,6 @@ def test_model_config_dict_fits_trm_config():
     values = config_lib.model_config_dict(preset("maze-paper"), vocab_size=6, seq_len=900, num_puzzle_identifiers=1)
     model_config = TRMConfig.from_dict(values)
     assert model_config.hidden_size == 512 and model_config.seq_len == 900 and model_config.forward_dtype == "bfloat16"
+    assert model_config.puzzle_emb_ndim == 512  # follows hidden_size unless set
+    cfg = apply_overrides(preset("maze-cpu"), ["model.hidden_size=96", "model.num_heads=3"])
+    assert config_lib.model_config_dict(cfg, 6, 49, 1)["puzzle_emb_ndim"] == 96

@@ -15,7 +15,6 @@ def read_metrics(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.slow
 def test_short_training_lowers_the_loss(tiny_config, tmp_path):
     cfg = tiny_config("max_steps=40", "log_interval=4")
     result = train(cfg, tmp_path / "run", progress=False, log=lambda _line: None)

@@ -11,6 +11,7 @@ import torch
 from trm_fast.ops._backend import BACKENDS, BackendUnavailable, resolve
 from trm_fast.ops.add_streams import add_streams
 from trm_fast.ops.attention import attention, attention_backend_name
+from trm_fast.ops.fused_linear import fused_inject_linear, fused_inject_qkv_rope, fused_linear_available
 from trm_fast.ops.loss_head import act_loss_head, softmax_cross_entropy, stablemax_cross_entropy
 from trm_fast.ops.optimizer import adam_atan2_ema_step_, sign_sgd_rows_
 from trm_fast.ops.rms_norm_residual import rms_norm_residual, rms_norm_residual_inject
@@ -39,6 +40,9 @@ __all__ = [
     "add_streams",
     "attention",
     "attention_backend_name",
+    "fused_inject_linear",
+    "fused_inject_qkv_rope",
+    "fused_linear_available",
     "resolve_backend_name",
     "rms_norm_residual",
     "rms_norm_residual_inject",

@@ -30,10 +30,11 @@ from trm_fast.train import distributed as dist_lib
 
 
 def dataset_dir(cfg: TrainConfig) -> Path:
-    """The dataset folder of a config: `data_dir` if set, else a name that encodes the maze settings
-    (so different settings never share a cache), or the `dataset` path itself."""
+    """The dataset folder of a config: the `dataset` path itself, or for the built-in mazes
+    `data_dir` if set, else a name that encodes the maze settings (so different settings never
+    share a cache)."""
     if cfg.dataset != "maze":
-        return Path(cfg.data_dir or cfg.dataset)
+        return Path(cfg.dataset)
     if cfg.data_dir:
         return Path(cfg.data_dir)
     maze = cfg.maze

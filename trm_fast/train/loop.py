@@ -178,6 +178,7 @@ class Trainer:
     def log(self, message: str) -> None:
         if self.context.is_main:
             self._log(message)
+            sys.stdout.flush()
 
     @staticmethod
     def _seed_everything(seed: int) -> None:
@@ -276,11 +277,7 @@ class Trainer:
     def _restore(self, path: Path) -> None:
         payload = ckpt.load_checkpoint(path)
         ctx = self.context
-        if payload["world_size"] != ctx.world_size:
-            raise ckpt.CheckpointError(
-                f"{path}: written by {payload['world_size']} process(es); resume it with the same number "
-                f"(now {ctx.world_size}) to continue exactly"
-            )
+        same_world = payload["world_size"] == ctx.world_size
         if payload["model_config"] != self.model.config.to_dict():
             raise ckpt.CheckpointError(f"{path}: its model config differs from this run's")
         try:
@@ -290,18 +287,29 @@ class Trainer:
                 if payload["ema"] is None:
                     raise ckpt.CheckpointError(f"{path}: has no EMA state but this run uses EMA")
                 self.ema.load_state_dict(payload["ema"])
-            rank_state = payload["ranks"][ctx.rank]
+            # The sampler position is global (the same on every rank), so any rank's entry will do.
+            rank_state = payload["ranks"][ctx.rank if same_world else 0]
             self.data.sampler.load_state_dict(ckpt.decode(rank_state["sampler"]))
-            ckpt.set_rng_state(rank_state["rng"])
+            if same_world:
+                ckpt.set_rng_state(rank_state["rng"])
         except (KeyError, RuntimeError, ValueError) as error:
             if isinstance(error, ckpt.CheckpointError):
                 raise
             first_line = (str(error).splitlines() or [""])[0][:200]
             raise ckpt.CheckpointError(f"{path}: does not fit this run ({first_line})") from None
-        self.carry = carry_from_state(rank_state["carry"], self.device)
         self.step = int(payload["step"])
         self.last_eval = payload.get("metrics")
-        self.log(f"resumed from {path} at step {self.step}")
+        if same_world:
+            self.carry = carry_from_state(rank_state["carry"], self.device)
+            self.log(f"resumed from {path} at step {self.step}")
+        else:
+            # The carried slots belonged to another split of the batch: start them afresh.
+            self._seed_everything(self.cfg.seed + ctx.rank + 1_000_003 * self.step)
+            self.carry = None
+            self.log(
+                f"resumed from {path} at step {self.step}; it was written by {payload['world_size']} process(es), "
+                f"this run has {ctx.world_size}: weights, optimizer and data position continue, the ACT carry restarts"
+            )
 
     # ------------------------------------------------------------------------------------------
     def _append_metrics(self, record: dict) -> None:
@@ -320,15 +328,17 @@ class Trainer:
         end_step = self.total_steps
         start_time = time.monotonic()
         deadline = start_time + cfg.max_minutes * 60 if cfg.max_minutes is not None else math.inf
+        self.log(
+            f"training {sum(p.numel() for p in self.params):,} parameters on {ctx.world_size} x {self.device.type}, "
+            f"global batch {cfg.global_batch_size}, steps {self.step}->{end_step}"
+            + (f" (at most {cfg.max_minutes:g} min)" if cfg.max_minutes is not None else "")
+            + f", run dir {self.run_dir}"
+        )
         progress = None
         if ctx.is_main and self.progress_enabled:
             from tqdm import tqdm
 
             progress = tqdm(total=end_step, initial=self.step, dynamic_ncols=True, desc="train", file=sys.stderr)
-        self.log(
-            f"training {sum(p.numel() for p in self.params):,} parameters on {ctx.world_size} x {self.device.type}, "
-            f"global batch {cfg.global_batch_size}, steps {self.step}->{end_step}, run dir {self.run_dir}"
-        )
 
         metric_sums = torch.zeros(len(METRIC_NAMES), dtype=torch.float32, device=self.device)
         last_log_time, last_log_step = time.monotonic(), self.step
@@ -412,7 +422,7 @@ class Trainer:
         if not self.context.is_main:
             return
         if progress is not None:
-            progress.write(line, file=sys.stderr)
+            progress.write(line)
         else:
             self._log(line)
 
