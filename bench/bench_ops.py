@@ -9,6 +9,8 @@ Groups are ops/<op>/<fwd|fwdbwd>; variants plain, plain_compiled, fused_<backend
 """
 from __future__ import annotations
 
+import importlib
+
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -16,17 +18,20 @@ import pytest
 import torch
 
 from bench._engines import paper_case, sync, tiny_case
-from trm_fast.ops import _backend
-from trm_fast.ops import add_streams as add_streams_mod
-from trm_fast.ops import attention as attention_mod
-from trm_fast.ops import fused_linear as fused_linear_mod
-from trm_fast.ops import loss_head as loss_head_mod
-from trm_fast.ops import optimizer as optimizer_mod
-from trm_fast.ops import rms_norm_residual as rms_mod
-from trm_fast.ops import rope as rope_mod
-from trm_fast.ops import swiglu as swiglu_mod
-from trm_fast.ops import token_rms_norm as token_rms_mod
+from bench.bench_step import earlier_baselines
 from trm_fast.model.reference import TRM, swiglu_width
+from trm_fast.ops import _backend
+
+# The op modules (trm_fast.ops re-exports functions under some of the same names, hence import_module).
+add_streams_mod = importlib.import_module("trm_fast.ops.add_streams")
+attention_mod = importlib.import_module("trm_fast.ops.attention")
+fused_linear_mod = importlib.import_module("trm_fast.ops.fused_linear")
+loss_head_mod = importlib.import_module("trm_fast.ops.loss_head")
+optimizer_mod = importlib.import_module("trm_fast.ops.optimizer")
+rms_mod = importlib.import_module("trm_fast.ops.rms_norm_residual")
+rope_mod = importlib.import_module("trm_fast.ops.rope")
+swiglu_mod = importlib.import_module("trm_fast.ops.swiglu")
+token_rms_mod = importlib.import_module("trm_fast.ops.token_rms_norm")
 
 PASSES = ("fwd", "fwdbwd")
 VARIANTS = ("plain", "plain_compiled", "fused_triton", "fused_cuda")
@@ -239,7 +244,7 @@ def test_op(benchmark, bench_profile, recorder, op_name, pass_name, variant):
         benchmark, group, variant, call,
         rounds=1 if interpreted else None, warmup=1 if interpreted or variant == "plain_compiled" else None,
         work=work,
-        baselines={name: None for name in OPS_BASELINES if name != variant},
+        baselines={name: None for name in earlier_baselines(variant, OPS_BASELINES)},
         extra={"op": op_name, "pass": pass_name, "interpreter": interpreted},
     )
 

@@ -48,6 +48,11 @@ def _build(profile, engine_name, case):
     return TrainEngine(ENGINE_SPECS[engine_name], case, profile.device, compile_backend=profile.compile_backend)
 
 
+def earlier_baselines(variant, baselines):
+    """The baselines a variant is compared with: all of them, or for a baseline those listed before it."""
+    return baselines[: baselines.index(variant)] if variant in baselines else baselines
+
+
 def baseline_thunk(profile, case_name, baseline):
     """Measures a baseline when its own benchmark did not run first (e.g. under -k selection)."""
     if skip_reason(profile, baseline, case_name):
@@ -73,7 +78,7 @@ def test_train_step(benchmark, bench_profile, recorder, case_name, engine_name):
     reset_peak_memory(profile.device)
     engine = _build(profile, engine_name, case)
     rounds, warmup = _engine_rounds(profile, engine_name)
-    baselines = {name: baseline_thunk(profile, case_name, name) for name in BASELINES if name != engine_name}
+    baselines = {name: baseline_thunk(profile, case_name, name) for name in earlier_baselines(engine_name, BASELINES)}
     try:
         record = recorder.measure(
             benchmark,

@@ -66,7 +66,9 @@ def make_profile(name: Optional[str] = None) -> Profile:
             raise pytest.UsageError("TRM_BENCH_PROFILE=gpu needs a CUDA device")
         profile = Profile(
             "gpu", torch.device("cuda"), torch.bfloat16, rounds=5, warmup=3, case_names=CASE_NAMES,
-            compiled_cases=CASE_NAMES, interpreted_cases=CASE_NAMES, eval_compiled=True, compiled_ops=None,
+            # Compiled evaluation costs three more compiles (~1.5 min); TRM_BENCH_EVAL_COMPILED=1 adds it.
+            compiled_cases=CASE_NAMES, interpreted_cases=CASE_NAMES,
+            eval_compiled=os.environ.get("TRM_BENCH_EVAL_COMPILED") == "1", compiled_ops=None,
             interpreted_ops=None,
         )
     elif name == "cpu":
@@ -168,7 +170,14 @@ class Recorder:
         record = Record(group, variant, median, values)
         self.records[(group, variant)] = record
         benchmark.extra_info.update({k: v for k, v in record.as_dict().items() if k not in ("group", "variant")})
+        self.save()  # after every record, so a run cut short by a time limit still leaves its figures
         return record
+
+    def save(self) -> None:
+        path = os.environ.get(RESULTS_ENV)
+        if path:
+            with open(path, "w") as handle:
+                json.dump(self.as_json(), handle, indent=1, default=str)
 
     def as_json(self) -> dict:
         return {
@@ -183,9 +192,9 @@ class Recorder:
         }
 
 
-def format_summary(records: list[dict]) -> list[str]:
-    """One line per record: group, variant, time, the ratios and the headline rate."""
-    lines = [f"{'group':34s} {'variant':22s} {'ms':>9s}  ratios / rates"]
+def format_summary(records: list[dict], absolute: bool) -> list[str]:
+    """One line per record: group, variant, time (only when `absolute`: GPU), ratios, headline rates."""
+    lines = [f"{'group':34s} {'variant':22s} {'ms' if absolute else '':>9s}  ratios" + (" / rates" if absolute else "")]
     for record in records:
         parts = []
         for key, value in record.items():
@@ -195,11 +204,12 @@ def format_summary(records: list[dict]) -> list[str]:
                 parts.append(f"{key.replace('ratio_vs_', 'x')}={value:.2f}")
             elif key == "bandwidth_vs_copy":
                 parts.append(f"bw/copy={value:.2f}")
-            elif key == "mfu":
+            elif key == "mfu" and absolute:
                 parts.append(f"MFU={100 * value:.1f}%")
-            elif key == "puzzles_per_s":
+            elif key == "puzzles_per_s" and absolute:
                 parts.append(f"puzzles/s={value:.4g}")
-        lines.append(f"{record['group']:34s} {record['variant']:22s} {1e3 * record['seconds']:9.3f}  {' '.join(parts)}")
+        ms = f"{1e3 * record['seconds']:9.3f}" if absolute else " " * 9
+        lines.append(f"{record['group']:34s} {record['variant']:22s} {ms}  {' '.join(parts)}")
     return lines
 
 
@@ -245,12 +255,10 @@ def pytest_terminal_summary(terminalreporter):
 
     records = derive_ratios([record.as_dict() for record in _RECORDER.records.values()])
     terminalreporter.section(f"trm-fast benchmarks ({_RECORDER.profile.name} profile, {_RECORDER.device_name})")
-    for line in _RECORDER.profile.notes + format_summary(records):
+    for line in _RECORDER.profile.notes + format_summary(records, absolute=_RECORDER.profile.on_gpu):
         terminalreporter.write_line(line)
 
 
 def pytest_sessionfinish(session):
-    path = os.environ.get(RESULTS_ENV)
-    if path and _RECORDER is not None:
-        with open(path, "w") as handle:
-            json.dump(_RECORDER.as_json(), handle, indent=1, default=str)
+    if _RECORDER is not None:
+        _RECORDER.save()

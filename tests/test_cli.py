@@ -53,6 +53,20 @@ def test_train_eval_solve(trained_run, capsys):
     assert "S" in out and "G" in out  # the maze is drawn with its characters
 
 
+def test_eval_on_a_maze_csv_matches_the_folder(trained_run, tmp_path, capsys):
+    from trm_fast.data import load_split, write_maze_csv
+
+    test = load_split(trained_run / "data", "test")
+    csv_path = write_maze_csv(tmp_path / "test.csv", test.inputs, test.labels)
+    run_dir = str(trained_run / "run")
+    assert main(["eval", "--checkpoint", run_dir, "--data", str(csv_path), "--backend", "torch"]) == 0
+    from_csv = capsys.readouterr().out.splitlines()
+    assert main(["eval", "--checkpoint", run_dir, "--data", str(trained_run / "data"), "--backend", "torch"]) == 0
+    from_folder = capsys.readouterr().out.splitlines()
+    assert from_csv[-1].startswith("exact accuracy") and from_csv[-1] == from_folder[-1]
+    assert "8 examples" in from_csv[-2]
+
+
 def test_resume_extends_a_finished_run(trained_run, capsys):
     args = ["train", "--run-dir", str(trained_run / "run"), "--resume", "--max-steps", "5", "--no-progress"]
     assert main(args) == 0
@@ -68,6 +82,7 @@ def test_resume_extends_a_finished_run(trained_run, capsys):
     (["eval"], "--checkpoint"),
     (["eval", "--checkpoint", "/nonexistent/ckpt.pt"], "not found"),
     (["frobnicate"], "invalid choice"),
+    (["eval", "--checkpoint", "x.pt", "--model-set", "depth=3"], "unknown model field 'depth'"),
 ])
 def test_bad_arguments_give_one_line(argv, expected, capsys):
     assert main(argv) == 2

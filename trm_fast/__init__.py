@@ -4,3 +4,9 @@ from trm_fast._kernels_path import ensure_kernels_package
 ensure_kernels_package()
 
 __version__ = "0.1.0"
+
+from trm_fast.model.fast import FastTRM  # noqa: E402
+from trm_fast.model.reasoner import ReasonerState, RecursiveReasoner  # noqa: E402
+from trm_fast.model.reference import TRM, TRMConfig  # noqa: E402
+
+__all__ = ["FastTRM", "ReasonerState", "RecursiveReasoner", "TRM", "TRMConfig", "__version__"]

@@ -11,7 +11,6 @@ Set TRM_FAST_DEBUG=1 to see the traceback instead.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 import time
@@ -39,7 +38,8 @@ def _expected_errors() -> tuple[type, ...]:
     from trm_fast.ops._backend import BackendUnavailable
     from trm_fast.train.checkpoint import CheckpointError
 
-    return (UsageError, ConfigError, DataError, CheckpointError, CompatCheckpointError, BackendUnavailable)
+    # OSError: unreadable/unwritable paths, full disks (the message names the path).
+    return (UsageError, ConfigError, DataError, CheckpointError, CompatCheckpointError, BackendUnavailable, OSError)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -138,6 +138,7 @@ def load_model_for_eval(checkpoint: str, data_path: Optional[str], model_sets: l
     from trm_fast.train.checkpoint import CheckpointError, latest_checkpoint
     from trm_fast.train.data import open_eval_source
 
+    known = _parse_model_sets(model_sets)
     path = Path(checkpoint)
     if path.is_dir():
         found = latest_checkpoint(path)
@@ -149,7 +150,6 @@ def load_model_for_eval(checkpoint: str, data_path: Optional[str], model_sets: l
     if data_path is None and saved_data is None:
         raise UsageError("--data is needed: the checkpoint does not say which data it was trained on")
     source = open_eval_source(data_path or saved_data)
-    known = _parse_model_sets(model_sets)
     if meta.get("format") == "trm-fast" and "model_config" in meta:
         values = dict(meta["model_config"])
         values.update(known)
@@ -159,7 +159,10 @@ def load_model_for_eval(checkpoint: str, data_path: Optional[str], model_sets: l
             raise CheckpointError(f"{path}: bad model config ({error})") from None
     else:
         known.setdefault("seq_len", source.metadata.seq_len)
-        config = infer_config(state_dict, **known)
+        try:
+            config = infer_config(state_dict, **known)
+        except ValueError as error:  # shapes that do not fit, or TRMConfig's checks on --model-set values
+            raise UsageError(f"{path}: {error}") from None
     if config.vocab_size != source.metadata.vocab_size or config.seq_len != source.metadata.seq_len:
         raise UsageError(
             f"{source.name}: vocabulary {source.metadata.vocab_size} / sequence length {source.metadata.seq_len} "

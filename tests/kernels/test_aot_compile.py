@@ -22,6 +22,12 @@ REQUIRED_PREFIXES = (
     "swiglu.bwd",
     "token_rms_norm.fwd",
     "token_rms_norm.bwd",
+    "loss_head.fwd",
+    "optimizer.adam_atan2_ema",
+    "optimizer.sign_sgd_rows",
+    "rope",
+    "attention",
+    "fused_linear",
 )
 
 

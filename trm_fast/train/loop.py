@@ -197,8 +197,10 @@ class Trainer:
 
     def eval_model(self) -> TRM:
         """A separate model holding the weights evaluation uses (EMA when enabled)."""
-        model = TRM(self.model.config).to(self.device)
+        with torch.random.fork_rng(devices=[]):  # building it must not move the training RNG
+            model = TRM(self.model.config)
         model.load_state_dict(self.ema_state_dict())
+        model.to(self.device)
         model.eval()
         return model
 
