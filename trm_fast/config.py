@@ -98,13 +98,19 @@ class TrainConfig:
     keep_checkpoints: int = 3
 
     device: str = "auto"  # auto | cpu | cuda
+    engine: str = "fast"  # fast (fused recursion) | reference (the readable spec model)
     backend: str = "auto"  # auto | torch | triton | cuda (fused ops)
     compile: bool = False  # torch.compile the model
+    # Capture the whole training step in one CUDA graph (single GPU process). Off by default until
+    # it has been verified on hardware: see the GPU report in bench/results.
+    cuda_graphs: bool = False
+    num_threads: int = 0  # CPU threads for torch (0 = torch's default)
 
 
 CHOICES = {
     "loss_type": ("stablemax", "softmax"),
     "device": ("auto", "cpu", "cuda"),
+    "engine": ("fast", "reference"),
     "backend": ("auto", "torch", "triton", "cuda"),
     "model.pos_encodings": ("rope", "learned", "none"),
     "model.forward_dtype": ("float32", "bfloat16", "float16"),

@@ -167,3 +167,29 @@ def test_lr_schedule_warmup_then_constant_or_cosine():
     assert lr_at_step(60, base, warmup, total, min_ratio=0.1) == pytest.approx(halfway)
     assert lr_at_step(110, base, warmup, total, min_ratio=0.1) == pytest.approx(base * 0.1)
     assert lr_at_step(0, base, 0, total, min_ratio=1.0) == pytest.approx(base)  # no warmup
+
+
+def test_capturable_adam_atan2_matches_the_default_path():
+    """The CUDA-graph mode keeps step and lr in tensors; it must compute the same updates."""
+    from trm_fast.train.optim import AdamATan2
+
+    torch.manual_seed(0)
+    start = [torch.randn(5, 3), torch.randn(7)]
+    results = []
+    for capturable in (False, True):
+        params = [p.clone().requires_grad_(True) for p in start]
+        optimizer = AdamATan2(params, lr=0.0, weight_decay=0.1, backend="torch", capturable=capturable)
+        generator = torch.Generator().manual_seed(1)
+        for step in range(1, 6):
+            optimizer.set_lr(1e-2 * step)
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=generator)
+            optimizer.step()
+        results.append([p.detach().clone() for p in params])
+        if capturable:
+            assert optimizer.param_groups[0]["step_tensor"].item() == 5
+            reloaded = AdamATan2([p.detach().clone().requires_grad_(True) for p in params], lr=0.0, capturable=True)
+            reloaded.load_state_dict(optimizer.state_dict())
+            assert reloaded.param_groups[0]["step_tensor"].item() == 5
+    for default, captured in zip(*results):
+        torch.testing.assert_close(captured, default)

@@ -29,6 +29,8 @@ import torch
 
 from trm_fast import config as config_lib
 from trm_fast.config import ConfigError, TrainConfig
+from trm_fast.cuda_graphs import GraphedStep
+from trm_fast.model.fast import FastTRM
 from trm_fast.model.reference import TRM, ACTCarry, TRMConfig
 from trm_fast.train import checkpoint as ckpt
 from trm_fast.train import distributed as dist_lib
@@ -56,7 +58,14 @@ def build_model(cfg: TrainConfig, data: RunData) -> TRM:
         model_config = TRMConfig.from_dict(values)
     except ValueError as error:
         raise ConfigError(f"model config: {error}") from None
-    return TRM(model_config)
+    return make_model(model_config, cfg.engine, cfg.backend)
+
+
+def make_model(model_config: TRMConfig, engine: str = "fast", backend: str = "auto") -> TRM:
+    """The engine that runs `model_config`: both share parameters and checkpoints."""
+    if engine == "reference":
+        return TRM(model_config)
+    return FastTRM(model_config, backend=None if backend == "auto" else backend)
 
 
 def schedule_length(cfg: TrainConfig, data: RunData) -> int:
@@ -106,6 +115,16 @@ class _StopSignal:
         return False
 
 
+def copy_carry_(target: ACTCarry, source: ACTCarry) -> None:
+    """Write `source` into `target`'s tensors (a captured step must keep its addresses)."""
+    target.y_answer.copy_(source.y_answer)
+    target.z_latent.copy_(source.z_latent)
+    target.steps.copy_(source.steps)
+    target.halted.copy_(source.halted)
+    for key, value in source.current_data.items():
+        target.current_data[key].copy_(value)
+
+
 class Trainer:
     def __init__(
         self,
@@ -117,6 +136,8 @@ class Trainer:
     ):
         config_lib.validate(cfg)
         self.cfg = cfg
+        if cfg.num_threads > 0:
+            torch.set_num_threads(cfg.num_threads)
         self.progress_enabled = progress
         self.context = dist_lib.init_distributed(cfg.device)
         self.device = self.context.device
@@ -149,13 +170,17 @@ class Trainer:
 
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.ema = EMA(self.model, cfg.ema_rate) if cfg.ema else None
+        self.use_cuda_graphs = cfg.cuda_graphs and self.device.type == "cuda"
+        if self.use_cuda_graphs and ctx.world_size > 1:
+            raise ConfigError("cuda_graphs=true supports one process; the gradient all-reduce is not captured")
         self.optimizer = AdamATan2(
             self.params,
             lr=0.0,
             betas=(cfg.beta1, cfg.beta2),
             weight_decay=cfg.weight_decay,
             ema=self.ema,
-            backend=cfg.backend,
+            backend=None if cfg.backend == "auto" else cfg.backend,
+            capturable=self.use_cuda_graphs,
         )
         self.sign_sgd = None
         if self.model.puzzle_emb is not None:
@@ -167,6 +192,8 @@ class Trainer:
                 gather_rows=lambda ids, rows: dist_lib.gather_rows(ids, rows, ctx),
             )
         self.forward = torch.compile(self.model) if cfg.compile else self.model
+        self.graphed_step = GraphedStep(self._static_step, self.params) if self.use_cuda_graphs else None
+        self.puzzle_lr = torch.zeros((), dtype=torch.float32, device=self.device)
         self.total_steps = schedule_length(cfg, self.data)
         self.step = 0
         self.carry: Optional[ACTCarry] = None
@@ -198,13 +225,31 @@ class Trainer:
     def eval_model(self) -> TRM:
         """A separate model holding the weights evaluation uses (EMA when enabled)."""
         with torch.random.fork_rng(devices=[]):  # building it must not move the training RNG
-            model = TRM(self.model.config)
+            model = make_model(self.model.config, self.cfg.engine, self.cfg.backend)
         model.load_state_dict(self.ema_state_dict())
         model.to(self.device)
         model.eval()
         return model
 
     # ------------------------------------------------------------------------------------------
+    def _static_step(self, batch: dict) -> dict:
+        """The whole step with fixed tensors (captured by GraphedStep): the carry is updated in place
+        and the learning rates are read from device scalars."""
+        cfg = self.cfg
+        for param in self.params:
+            param.grad = None
+        if self.sign_sgd is not None:
+            self.sign_sgd.zero_grad()
+        carry, outputs = self.forward(self.carry, batch)
+        loss, metrics = act_loss(outputs, carry.current_data["labels"], carry.halted, carry.steps, cfg.loss_type, cfg.backend)
+        (loss / cfg.global_batch_size).backward()
+        self.optimizer.step()
+        if self.sign_sgd is not None:
+            self.sign_sgd.lr = self.puzzle_lr
+            self.sign_sgd.step()
+        copy_carry_(self.carry, carry)
+        return {"metrics": metrics}
+
     def train_step(self, batch: dict) -> torch.Tensor:
         """One supervision step + optimizer step; returns the metric sums (on device)."""
         cfg = self.cfg
@@ -212,6 +257,10 @@ class Trainer:
         if self.carry is None:
             self.carry = self.model.initial_carry(batch)
         self.step += 1
+        if self.graphed_step is not None:
+            self.optimizer.set_lr(self.lr(cfg.lr))
+            self.puzzle_lr.fill_(self.lr(cfg.puzzle_emb_lr))
+            return self.graphed_step(batch)["metrics"]
         self.carry, outputs = self.forward(self.carry, batch)
         loss, metrics = act_loss(
             outputs, self.carry.current_data["labels"], self.carry.halted, self.carry.steps, cfg.loss_type, cfg.backend
@@ -336,6 +385,12 @@ class Trainer:
             + (f" (at most {cfg.max_minutes:g} min)" if cfg.max_minutes is not None else "")
             + f", run dir {self.run_dir}"
         )
+        if isinstance(self.model, FastTRM):
+            report = self.model.backend_report(self.device)
+            self.log("engine fast, op backends: " + ", ".join(f"{op}={name}" for op, name in report.items())
+                     + (", CUDA graphs on" if self.use_cuda_graphs else ""))
+        else:
+            self.log("engine reference (plain PyTorch)")
         progress = None
         if ctx.is_main and self.progress_enabled:
             from tqdm import tqdm

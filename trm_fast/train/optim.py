@@ -53,6 +53,7 @@ class AdamATan2(torch.optim.Optimizer):
         weight_decay: float = 0.0,
         ema: Optional[EMA] = None,
         backend: Optional[str] = None,
+        capturable: bool = False,
     ):
         if lr < 0:
             raise ValueError(f"AdamATan2: lr must be >= 0, got {lr}")
@@ -67,6 +68,65 @@ class AdamATan2(torch.optim.Optimizer):
                     raise TypeError(f"AdamATan2 keeps fp32 master weights; got a {param.dtype} parameter")
         self.ema = ema
         self.backend = backend
+        # capturable: step counts and learning rates live in device tensors updated in place, so a
+        # CUDA graph can replay the step; every parameter must then have a gradient at every step.
+        self.capturable = capturable
+        if capturable:
+            for group in self.param_groups:
+                device = group["params"][0].device
+                group["lr_tensor"] = torch.full((), float(group["lr"]), dtype=torch.float32, device=device)
+                group["step_tensor"] = torch.zeros((), dtype=torch.float32, device=device)
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        if not self.capturable:
+            return
+        for group in self.param_groups:  # rebuild the device scalars a captured step reads
+            device = group["params"][0].device
+            steps = [self.state[p]["step"] for p in group["params"] if "step" in self.state[p]]
+            step = float(steps[0]) if steps else 0.0
+            group["lr_tensor"] = torch.full((), float(group["lr"]), dtype=torch.float32, device=device)
+            group["step_tensor"] = torch.full((), step, dtype=torch.float32, device=device)
+            for param in group["params"]:
+                if "step" in self.state[param]:
+                    self.state[param]["step"] = group["step_tensor"]
+
+    def set_lr(self, lr: float) -> None:
+        """Set every group's learning rate (also the device copy a captured step reads)."""
+        for group in self.param_groups:
+            group["lr"] = lr
+            if self.capturable:
+                group["lr_tensor"].fill_(lr)
+
+    @torch.no_grad()
+    def _capturable_step(self) -> None:
+        ops = _optimizer_ops()
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            params = group["params"]
+            if any(param.grad is None for param in params):
+                raise RuntimeError("AdamATan2(capturable=True) needs a gradient for every parameter at every step")
+            for param in params:
+                state = self.state[param]
+                if not state:
+                    state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+                state["step"] = group["step_tensor"]  # shared: all parameters step together
+            group["step_tensor"].add_(1)
+            ops.adam_atan2_ema_step_(
+                params,
+                [param.grad for param in params],
+                [self.state[param]["exp_avg"] for param in params],
+                [self.state[param]["exp_avg_sq"] for param in params],
+                [self.ema.shadow_of(param) for param in params] if self.ema is not None else None,
+                step=group["step_tensor"],
+                lr=group["lr_tensor"],
+                beta1=beta1,
+                beta2=beta2,
+                weight_decay=group["weight_decay"],
+                ema_decay=self.ema.decay if self.ema is not None else 0.0,
+                backend=self.backend,
+            )
 
     @torch.no_grad()
     def step(self, closure: Optional[Callable] = None):
@@ -74,6 +134,9 @@ class AdamATan2(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if self.capturable:
+            self._capturable_step()
+            return loss
         ops = _optimizer_ops()
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
