@@ -89,6 +89,10 @@ def make_profile(name: Optional[str] = None) -> Profile:
     profile.compile_backend = os.environ.get(COMPILE_BACKEND_ENV, profile.compile_backend)
     if not profile.on_gpu:
         profile.notes.append("CPU: only ratios are results; Triton runs in its interpreter (its ratios are not performance)")
+        # One intra-op thread: on a shared or oversubscribed runner, spinning OpenMP threads make
+        # timings swing by 10x; single-threaded ratios are stable and still compare the engines.
+        torch.set_num_threads(1)
+        profile.notes.append("CPU: timed single-threaded (torch.set_num_threads(1))")
     return profile
 
 

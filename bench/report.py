@@ -191,6 +191,10 @@ def markdown(report: dict) -> str:
         f"- op backends (auto): {', '.join(f'{k}={v}' for k, v in env['op_backends'].get('auto', {}).items())}"
         if isinstance(env["op_backends"].get("auto"), dict) else "- op backends (auto): –",
     ]
+    build = env.get("cuda_extension_build")
+    if build:
+        lines.append(f"- CUDA C++ extension: {'available' if build['available'] else 'NOT available'} "
+                     f"(build/load {build['seconds']} s{', timed out' if build['timed_out'] else ''})")
     gpu = report["gpu_tests"]
     if gpu.get("skipped_by_request"):
         lines.append("- GPU correctness tests: not run (--skip-gpu-tests)")
