@@ -68,9 +68,13 @@ def fused_block(
     """
     eps = layer.eps
     if layer.use_mlp_t:
-        # [2I, S] @ [B, S, D] -> [B, 2I, D]: the token-axis MLP without transposed copies.
-        token_gate_up = torch.matmul(weights.token_gate_up, hidden)
-        token_delta = torch.matmul(weights.token_down, swiglu(token_gate_up, dim=-2, backend=backend))
+        # [2I, S] @ [B, S, D] -> [B, 2I, D]: the token-axis MLP without transposed copies. The weight
+        # is broadcast with stride 0 so one strided-batched GEMM reads it (torch.matmul's 2D @ 3D
+        # path would fold the batch into transposed copies, forward and backward).
+        batch = hidden.shape[0]
+        token_gate_up = torch.bmm(weights.token_gate_up.expand(batch, -1, -1), hidden)
+        token_act = swiglu(token_gate_up, dim=-2, backend=backend)
+        token_delta = torch.bmm(weights.token_down.expand(batch, -1, -1), token_act)
         hidden = token_rms_norm_residual(hidden, token_delta, eps=eps, backend=backend)
     else:
         attn = layer.self_attn
