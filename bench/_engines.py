@@ -159,16 +159,6 @@ def build_model(spec: EngineSpec, config: TRMConfig, device: torch.device, seed:
     return model.to(device)
 
 
-def _write_carry(target, source) -> None:
-    """Copy a new ACT carry into the fixed tensors of `target` (same shapes), in place."""
-    target.y_answer.copy_(source.y_answer)
-    target.z_latent.copy_(source.z_latent)
-    target.steps.copy_(source.steps)
-    target.halted.copy_(source.halted)
-    for key, value in source.current_data.items():
-        target.current_data[key].copy_(value)
-
-
 class TrainEngine:
     """One engine's whole training supervision step on a fixed batch; `step()` runs one (synchronised)."""
 
@@ -209,7 +199,7 @@ class TrainEngine:
         backend = self.spec.backend
         new_carry, total, losses = self.forward_and_loss(self.carry, batch)
         total.backward()
-        _write_carry(self.carry, new_carry)
+        self.carry.copy_(new_carry)
         with torch.no_grad():
             self.step_count += 1
             adam_atan2_ema_step_(

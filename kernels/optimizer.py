@@ -23,7 +23,6 @@ written by exactly one program.
 """
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 
 import torch

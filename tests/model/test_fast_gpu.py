@@ -74,13 +74,7 @@ def build_training_step(model, batch_size):
         step_count.add_(1)
         adam_atan2_ema_step_(params, [p.grad for p in params], exp_avgs, exp_avg_sqs, ema, step=step_count, lr=lr,
                              beta1=0.9, beta2=0.95, weight_decay=0.1, ema_decay=0.999)
-        old = state["carry"]
-        old.y_answer.copy_(carry.y_answer)
-        old.z_latent.copy_(carry.z_latent)
-        old.steps.copy_(carry.steps)
-        old.halted.copy_(carry.halted)
-        for key, value in carry.current_data.items():
-            old.current_data[key].copy_(value)
+        state["carry"].copy_(carry)
         return {"loss": loss.detach()}
 
     return step, state, params

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, fields
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -358,6 +357,15 @@ class ACTCarry:
     steps: torch.Tensor  # int32 [B]: supervision steps taken by the slot's current example
     halted: torch.Tensor  # bool [B]: the slot takes a new example at the next step
     current_data: dict = field(default_factory=dict)  # the examples now in the slots
+
+    def copy_(self, source: "ACTCarry") -> None:
+        """Write `source` into this carry's tensors in place (a CUDA graph must keep their addresses)."""
+        self.y_answer.copy_(source.y_answer)
+        self.z_latent.copy_(source.z_latent)
+        self.steps.copy_(source.steps)
+        self.halted.copy_(source.halted)
+        for key, value in source.current_data.items():
+            self.current_data[key].copy_(value)
 
 
 class TRM(nn.Module):

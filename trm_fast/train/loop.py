@@ -115,16 +115,6 @@ class _StopSignal:
         return False
 
 
-def copy_carry_(target: ACTCarry, source: ACTCarry) -> None:
-    """Write `source` into `target`'s tensors (a captured step must keep its addresses)."""
-    target.y_answer.copy_(source.y_answer)
-    target.z_latent.copy_(source.z_latent)
-    target.steps.copy_(source.steps)
-    target.halted.copy_(source.halted)
-    for key, value in source.current_data.items():
-        target.current_data[key].copy_(value)
-
-
 class Trainer:
     def __init__(
         self,
@@ -247,7 +237,7 @@ class Trainer:
         if self.sign_sgd is not None:
             self.sign_sgd.lr = self.puzzle_lr
             self.sign_sgd.step()
-        copy_carry_(self.carry, carry)
+        self.carry.copy_(carry)
         return {"metrics": metrics}
 
     def train_step(self, batch: dict) -> torch.Tensor:

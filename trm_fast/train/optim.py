@@ -100,9 +100,7 @@ class AdamATan2(torch.optim.Optimizer):
 
     @torch.no_grad()
     def _capturable_step(self) -> None:
-        ops = _optimizer_ops()
         for group in self.param_groups:
-            beta1, beta2 = group["betas"]
             params = group["params"]
             if any(param.grad is None for param in params):
                 raise RuntimeError("AdamATan2(capturable=True) needs a gradient for every parameter at every step")
@@ -113,20 +111,25 @@ class AdamATan2(torch.optim.Optimizer):
                     state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
                 state["step"] = group["step_tensor"]  # shared: all parameters step together
             group["step_tensor"].add_(1)
-            ops.adam_atan2_ema_step_(
-                params,
-                [param.grad for param in params],
-                [self.state[param]["exp_avg"] for param in params],
-                [self.state[param]["exp_avg_sq"] for param in params],
-                [self.ema.shadow_of(param) for param in params] if self.ema is not None else None,
-                step=group["step_tensor"],
-                lr=group["lr_tensor"],
-                beta1=beta1,
-                beta2=beta2,
-                weight_decay=group["weight_decay"],
-                ema_decay=self.ema.decay if self.ema is not None else 0.0,
-                backend=self.backend,
-            )
+            self._fused_update(group, params, step=group["step_tensor"], lr=group["lr_tensor"])
+
+    def _fused_update(self, group: dict, params: list, step, lr) -> None:
+        """Op 8 over `params` (all at the same step count), with the EMA shadows when attached."""
+        beta1, beta2 = group["betas"]
+        _optimizer_ops().adam_atan2_ema_step_(
+            params,
+            [param.grad for param in params],
+            [self.state[param]["exp_avg"] for param in params],
+            [self.state[param]["exp_avg_sq"] for param in params],
+            [self.ema.shadow_of(param) for param in params] if self.ema is not None else None,
+            step=step,
+            lr=lr,
+            beta1=beta1,
+            beta2=beta2,
+            weight_decay=group["weight_decay"],
+            ema_decay=self.ema.decay if self.ema is not None else 0.0,
+            backend=self.backend,
+        )
 
     @torch.no_grad()
     def step(self, closure: Optional[Callable] = None):
@@ -137,11 +140,9 @@ class AdamATan2(torch.optim.Optimizer):
         if self.capturable:
             self._capturable_step()
             return loss
-        ops = _optimizer_ops()
         for group in self.param_groups:
-            beta1, beta2 = group["betas"]
             # Parameters that have taken the same number of steps share one fused call.
-            by_step: dict[int, tuple[list, list, list, list, list]] = defaultdict(lambda: ([], [], [], [], []))
+            by_step: dict[int, list] = defaultdict(list)
             skipped = []
             for param in group["params"]:
                 if param.grad is None:
@@ -155,28 +156,9 @@ class AdamATan2(torch.optim.Optimizer):
                     state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
                     state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
                 state["step"] += 1
-                params, grads, exp_avgs, exp_avg_sqs, shadows = by_step[int(state["step"].item())]
-                params.append(param)
-                grads.append(param.grad)
-                exp_avgs.append(state["exp_avg"])
-                exp_avg_sqs.append(state["exp_avg_sq"])
-                if self.ema is not None:
-                    shadows.append(self.ema.shadow_of(param))
-            for step, (params, grads, exp_avgs, exp_avg_sqs, shadows) in by_step.items():
-                ops.adam_atan2_ema_step_(
-                    params,
-                    grads,
-                    exp_avgs,
-                    exp_avg_sqs,
-                    shadows if self.ema is not None else None,
-                    step=step,
-                    lr=group["lr"],
-                    beta1=beta1,
-                    beta2=beta2,
-                    weight_decay=group["weight_decay"],
-                    ema_decay=self.ema.decay if self.ema is not None else 0.0,
-                    backend=self.backend,
-                )
+                by_step[int(state["step"].item())].append(param)
+            for step, params in by_step.items():
+                self._fused_update(group, params, step=step, lr=group["lr"])
             if self.ema is not None and skipped:
                 # No update for these this step, but their average still moves toward them.
                 self.ema.update_params(skipped)
