@@ -67,18 +67,26 @@ _VARIANTS = {
     "sudoku_att": dict(_SUDOKU, pos_encodings="rope"),
     "maze_att": dict(_MAZE, pos_encodings="rope"),
 }
-CASE_NAMES = tuple(_VARIANTS)
+# The maze-cpu training preset itself (trm_fast.config): the CPU target is measured on it.
+_MAZE_CPU_PRESET = dict(vocab_size=6, seq_len=36, hidden_size=64, num_heads=4, h_cycles=2, l_cycles=2,
+                        puzzle_emb_ndim=64, puzzle_emb_len=1, halt_max_steps=8, pos_encodings="rope")
+CASE_NAMES = tuple(_VARIANTS) + ("maze_cpu_preset",)
 
 
 def paper_case(name: str) -> BenchCase:
     """The paper's sizes in bf16. Sudoku: global batch 768 on one GPU. Maze: the reference trains it
     on 4 GPUs with global batch 768, so one GPU's share (192) is the per-device workload."""
+    if name == "maze_cpu_preset":
+        return BenchCase(name, TRMConfig(**_MAZE_CPU_PRESET, forward_dtype="bfloat16"), 64)
     config = TRMConfig(**_VARIANTS[name], hidden_size=512, puzzle_emb_ndim=512, forward_dtype="bfloat16")
     return BenchCase(name, config, 192 if name.startswith("maze") else 768)
 
 
 def tiny_case(name: str) -> BenchCase:
-    """Scaled down for CPU (fp32): width 64, 2 heads, T=2, n=1, short grids, batch 8. Same code paths."""
+    """Scaled down for CPU (fp32): width 64, 2 heads, T=2, n=1, short grids, batch 8. Same code paths.
+    maze_cpu_preset is the CPU training preset at its real size (6x6 mazes, batch 64)."""
+    if name == "maze_cpu_preset":
+        return BenchCase(name, TRMConfig(**_MAZE_CPU_PRESET), 64)
     values = dict(_VARIANTS[name], hidden_size=64, num_heads=2, puzzle_emb_ndim=64, puzzle_emb_len=2)
     values.update(h_cycles=2, l_cycles=1, seq_len=36 if name.startswith("maze") else 16)
     return BenchCase(name, TRMConfig(**values), 8)
