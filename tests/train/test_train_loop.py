@@ -127,3 +127,22 @@ def test_variants_train(tiny_config, tmp_path, extra, check):
     assert result.step == 2 and result.final_eval is not None
     record = [r for r in read_metrics(tmp_path / "run") if "train/loss" in r][-1]
     assert check(record), record
+
+
+def test_static_step_that_cuda_graphs_capture_matches_the_eager_step(tiny_config, tmp_path):
+    """The function GraphedStep captures (in-place carry, device-scalar lr and step, capturable
+    AdamATan2) run eagerly on CPU gives the same training as the default step."""
+    from trm_fast.train.loop import Trainer
+
+    cfg = tiny_config("max_steps=8", "model.halt_exploration_prob=0.0")
+    finals = []
+    for static in (False, True):
+        trainer = Trainer(cfg, tmp_path / f"run-{static}", progress=False, log=lambda _line: None, static_step=static)
+        try:
+            trainer.run()
+        finally:
+            trainer.close()
+        finals.append({k: v.clone() for k, v in trainer.model.state_dict().items()})
+        assert trainer.optimizer.capturable is static
+    for key, value in finals[0].items():
+        torch.testing.assert_close(finals[1][key], value, rtol=1e-5, atol=1e-6, msg=key)
