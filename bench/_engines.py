@@ -23,6 +23,7 @@ from typing import Callable, Optional
 
 import torch
 
+from trm_fast.cuda_graphs import zero_grads_
 from trm_fast.flops import eval_step_flops, train_step_flops
 from trm_fast.model.fast import FastTRM
 from trm_fast.model.reference import TRM, TRMConfig
@@ -194,7 +195,7 @@ class TrainEngine:
             from trm_fast.cuda_graphs import GraphedStep
 
             # Warm-up (eager, side stream) happens in GraphedStep's first calls; the capture follows.
-            self.run = GraphedStep(self._step, self.params, warmup_steps=max(1, warmup_steps))
+            self.run = GraphedStep(self._step, warmup_steps=max(1, warmup_steps))
 
     def _forward_and_loss(self, carry, batch):
         new_carry, outputs = self.model(carry, batch)
@@ -205,6 +206,9 @@ class TrainEngine:
 
     def _step(self, batch: dict) -> dict:
         backend = self.spec.backend
+        puzzle_emb = self.model.inner.puzzle_emb
+        # In place, never None: captured graphs and the fused optimizer keep the gradients' addresses.
+        zero_grads_(self.params + ([puzzle_emb.local_rows] if puzzle_emb is not None else []))
         new_carry, total, losses = self.forward_and_loss(self.carry, batch)
         total.backward()
         self.carry.copy_(new_carry)
@@ -215,15 +219,11 @@ class TrainEngine:
                 step=self.step_count, lr=self.lr, beta1=BETAS[0], beta2=BETAS[1], weight_decay=WEIGHT_DECAY,
                 ema_decay=EMA_DECAY, backend=backend,
             )
-            puzzle_emb = self.model.inner.puzzle_emb
             if puzzle_emb is not None and puzzle_emb.local_rows.grad is not None:
                 sign_sgd_rows_(
                     puzzle_emb.weights, puzzle_emb.local_ids, puzzle_emb.local_rows.grad, self.puzzle_lr,
                     PUZZLE_EMB_WEIGHT_DECAY, backend=backend,
                 )
-                puzzle_emb.local_rows.grad = None
-        for param in self.params:
-            param.grad = None
         return {"loss": total.detach(), "seq_correct": losses["seq_correct"]}
 
     def step(self) -> dict:

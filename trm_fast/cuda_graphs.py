@@ -10,8 +10,10 @@ Contract for `step_fn(inputs) -> outputs`:
 - keeps all other state (model, optimizer moments, EMA, ACT carry, lr and step counters) in tensors it
   updates IN PLACE, with learning rate and step count held as device tensors, never Python numbers;
 - returns a dict of tensors (metrics), read on the host only when needed;
-- does no host synchronisation and allocates gradients inside the step (grads are set to None before
-  capture so that the captured backward writes them rather than accumulating).
+- does no host synchronisation, and zeroes gradients IN PLACE at its start (`zero_grads_`), never
+  setting them to None: backward then accumulates into the same tensors every step, so their
+  addresses are the same in the warm-up steps, in the capture and in every replay. The fused
+  optimizer caches a table of those addresses, and a captured graph bakes them in.
 """
 from __future__ import annotations
 
@@ -22,6 +24,13 @@ import torch
 StepFn = Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
 
 
+def zero_grads_(tensors) -> None:
+    """Zero the existing gradients of `tensors` in place; missing ones are left to backward."""
+    grads = [tensor.grad for tensor in tensors if tensor.grad is not None]
+    if grads:
+        torch._foreach_zero_(grads)
+
+
 class GraphedStep:
     """Runs `step_fn` eagerly for `warmup_steps` calls (real steps, on a side stream as capture
     requires), then captures it once and replays the graph for every later call.
@@ -30,13 +39,12 @@ class GraphedStep:
     one real step whether it ran eagerly or from the graph.
     """
 
-    def __init__(self, step_fn: StepFn, parameters, warmup_steps: int = 3):
+    def __init__(self, step_fn: StepFn, warmup_steps: int = 3):
         if not torch.cuda.is_available():
             raise RuntimeError("CUDA graphs need a CUDA device; run with --no-cuda-graphs on CPU")
         if warmup_steps < 1:
             raise ValueError("warmup_steps must be >= 1 (cuDNN/cuBLAS pick their algorithms while warming up)")
         self.step_fn = step_fn
-        self.parameters = list(parameters)
         self.warmup_steps = warmup_steps
         self.calls = 0
         self.graph: torch.cuda.CUDAGraph | None = None
@@ -47,10 +55,6 @@ class GraphedStep:
     @property
     def captured(self) -> bool:
         return self.graph is not None
-
-    def _clear_grads(self) -> None:
-        for parameter in self.parameters:
-            parameter.grad = None
 
     def __call__(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         self.calls += 1
@@ -69,7 +73,6 @@ class GraphedStep:
 
     def _capture(self, inputs: dict[str, torch.Tensor]) -> None:
         self.static_inputs = {name: value.clone() for name, value in inputs.items()}
-        self._clear_grads()
         torch.cuda.synchronize()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):

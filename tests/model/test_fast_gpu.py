@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from trm_fast.cuda_graphs import GraphedStep
+from trm_fast.cuda_graphs import GraphedStep, zero_grads_
 from trm_fast.model.fast import FastTRM
 from trm_fast.model.reference import TRM, TRMConfig
 from trm_fast.ops import act_loss_head, adam_atan2_ema_step_
@@ -65,8 +65,7 @@ def build_training_step(model, batch_size):
     state = {}
 
     def step(inputs):
-        for p in params:
-            p.grad = None
+        zero_grads_(params)
         carry, outputs = model(state["carry"], inputs)
         losses = act_loss_head(outputs["logits"], carry.current_data["labels"], outputs["q_halt_logits"])
         loss = (losses["lm_loss"].sum() + 0.5 * losses["q_halt_loss"].sum()) / batch_size
@@ -89,7 +88,7 @@ def test_cuda_graph_replay_matches_eager():
         model = FastTRM(config).cuda().train()
         step, state, params = build_training_step(model, batch_size=8)
         state["carry"] = model.initial_carry(batches[0])
-        runner = GraphedStep(step, params, warmup_steps=2) if use_graph else step
+        runner = GraphedStep(step, warmup_steps=2) if use_graph else step
         losses = [runner(batch)["loss"].clone() for batch in batches]
         torch.cuda.synchronize()
         final.append((torch.stack(losses), [p.detach().clone() for p in params]))

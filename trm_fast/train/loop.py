@@ -29,7 +29,7 @@ import torch
 
 from trm_fast import config as config_lib
 from trm_fast.config import ConfigError, TrainConfig
-from trm_fast.cuda_graphs import GraphedStep
+from trm_fast.cuda_graphs import GraphedStep, zero_grads_
 from trm_fast.model.fast import FastTRM
 from trm_fast.model.reference import TRM, ACTCarry, TRMConfig
 from trm_fast.train import checkpoint as ckpt
@@ -188,7 +188,7 @@ class Trainer:
         self.forward = torch.compile(self.model) if cfg.compile else self.model
         self.static_step = None
         if self.use_static_step:
-            self.static_step = GraphedStep(self._static_step, self.params) if self.use_cuda_graphs else self._static_step
+            self.static_step = GraphedStep(self._static_step) if self.use_cuda_graphs else self._static_step
         self.puzzle_lr = torch.zeros((), dtype=torch.float32, device=self.device)
         self.total_steps = schedule_length(cfg, self.data)
         self.step = 0
@@ -232,10 +232,9 @@ class Trainer:
         """The whole step with fixed tensors (captured by GraphedStep): the carry is updated in place
         and the learning rates are read from device scalars."""
         cfg = self.cfg
-        for param in self.params:
-            param.grad = None
-        if self.sign_sgd is not None:
-            self.sign_sgd.zero_grad()
+        zero_grads_(self.params)
+        if self.model.puzzle_emb is not None:
+            zero_grads_([self.model.puzzle_emb.local_rows])
         carry, outputs = self.forward(self.carry, batch)
         loss, metrics = act_loss(outputs, carry.current_data["labels"], carry.halted, carry.steps, cfg.loss_type, cfg.backend)
         (loss / cfg.global_batch_size).backward()
