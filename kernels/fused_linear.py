@@ -30,6 +30,7 @@ import triton
 import triton.language as tl
 
 from trm_fast.kernels._aot import AOTSpec
+from trm_fast.kernels.rope import rotate_halves, store_head_halves
 
 SUPPORTED_HEAD_DIMS = (32, 64, 128)  # head_dim / 2 must be a power of two >= 16 (a dot tile)
 
@@ -163,23 +164,10 @@ def inject_qkv_rope_kernel(
     if HAS_ROPE:
         if part < 2:
             table = tokens[:, None] * head_dim + dim_lo[None, :]
-            cos_lo = tl.load(cos_ptr + table, mask=mask, other=0.0)
-            cos_hi = tl.load(cos_ptr + table + HALF, mask=mask, other=0.0)
-            sin_lo = tl.load(sin_ptr + table, mask=mask, other=0.0)
-            sin_hi = tl.load(sin_ptr + table + HALF, mask=mask, other=0.0)
-            out_lo = acc_lo * cos_lo - acc_hi * sin_lo
-            out_hi = acc_hi * cos_hi + acc_lo * sin_hi
+            out_lo, out_hi = rotate_halves(acc_lo, acc_hi, cos_ptr, sin_ptr, table, mask, HALF, False)
 
     dst = ((batches[:, None] * num_heads + heads[None, :]) * seq_len + tokens[:, None]) * head_dim + dim_lo[None, :]
-    if part == 0:
-        tl.store(q_ptr + dst, out_lo.to(q_ptr.dtype.element_ty), mask=mask)
-        tl.store(q_ptr + dst + HALF, out_hi.to(q_ptr.dtype.element_ty), mask=mask)
-    elif part == 1:
-        tl.store(k_ptr + dst, out_lo.to(k_ptr.dtype.element_ty), mask=mask)
-        tl.store(k_ptr + dst + HALF, out_hi.to(k_ptr.dtype.element_ty), mask=mask)
-    else:
-        tl.store(v_ptr + dst, out_lo.to(v_ptr.dtype.element_ty), mask=mask)
-        tl.store(v_ptr + dst + HALF, out_hi.to(v_ptr.dtype.element_ty), mask=mask)
+    store_head_halves(q_ptr, k_ptr, v_ptr, part, dst, out_lo, out_hi, mask, HALF)
 
 
 def _dot_precision(dtype: torch.dtype) -> str:

@@ -35,6 +35,33 @@ def block_config(seq_len: int, head_dim: int) -> dict:
 
 
 @triton.jit
+def rotate_halves(lo, hi, cos_ptr, sin_ptr, table, mask, HALF: tl.constexpr, INVERSE: tl.constexpr):
+    """RoPE (rotate-half) on a tile held as its two head halves, in fp32; `table` indexes the low
+    half of the [S, hd] cos/sin tables. INVERSE applies the transposed rotation (the backward)."""
+    cos_lo = tl.load(cos_ptr + table, mask=mask, other=0.0)
+    cos_hi = tl.load(cos_ptr + table + HALF, mask=mask, other=0.0)
+    sin_lo = tl.load(sin_ptr + table, mask=mask, other=0.0)
+    sin_hi = tl.load(sin_ptr + table + HALF, mask=mask, other=0.0)
+    if INVERSE:
+        return lo * cos_lo + hi * sin_hi, hi * cos_hi - lo * sin_lo
+    return lo * cos_lo - hi * sin_lo, hi * cos_hi + lo * sin_hi
+
+
+@triton.jit
+def store_head_halves(q_ptr, k_ptr, v_ptr, part, offsets, lo, hi, mask, HALF: tl.constexpr):
+    """Write a tile's two halves into q, k or v ([B, H, S, hd]) by `part` (0, 1, 2)."""
+    if part == 0:
+        tl.store(q_ptr + offsets, lo.to(q_ptr.dtype.element_ty), mask=mask)
+        tl.store(q_ptr + offsets + HALF, hi.to(q_ptr.dtype.element_ty), mask=mask)
+    elif part == 1:
+        tl.store(k_ptr + offsets, lo.to(k_ptr.dtype.element_ty), mask=mask)
+        tl.store(k_ptr + offsets + HALF, hi.to(k_ptr.dtype.element_ty), mask=mask)
+    else:
+        tl.store(v_ptr + offsets, lo.to(v_ptr.dtype.element_ty), mask=mask)
+        tl.store(v_ptr + offsets + HALF, hi.to(v_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def rope_qkv_fwd_kernel(
     qkv_ptr,  # [B, S, 3*H*hd]
     cos_ptr, sin_ptr,  # [S, hd] fp32 (unused when HAS_ROPE is False)
@@ -61,23 +88,10 @@ def rope_qkv_fwd_kernel(
     if HAS_ROPE:
         if part < 2:
             table = tokens[:, None] * head_dim + cols[None, :]
-            cos_lo = tl.load(cos_ptr + table, mask=mask, other=0.0)
-            cos_hi = tl.load(cos_ptr + table + HALF, mask=mask, other=0.0)
-            sin_lo = tl.load(sin_ptr + table, mask=mask, other=0.0)
-            sin_hi = tl.load(sin_ptr + table + HALF, mask=mask, other=0.0)
-            out_lo = x_lo * cos_lo - x_hi * sin_lo
-            out_hi = x_hi * cos_hi + x_lo * sin_hi
+            out_lo, out_hi = rotate_halves(x_lo, x_hi, cos_ptr, sin_ptr, table, mask, HALF, False)
 
     dst = ((batch * num_heads + head) * seq_len + tokens[:, None]) * head_dim + cols[None, :]
-    if part == 0:
-        tl.store(q_ptr + dst, out_lo.to(q_ptr.dtype.element_ty), mask=mask)
-        tl.store(q_ptr + dst + HALF, out_hi.to(q_ptr.dtype.element_ty), mask=mask)
-    elif part == 1:
-        tl.store(k_ptr + dst, out_lo.to(k_ptr.dtype.element_ty), mask=mask)
-        tl.store(k_ptr + dst + HALF, out_hi.to(k_ptr.dtype.element_ty), mask=mask)
-    else:
-        tl.store(v_ptr + dst, out_lo.to(v_ptr.dtype.element_ty), mask=mask)
-        tl.store(v_ptr + dst + HALF, out_hi.to(v_ptr.dtype.element_ty), mask=mask)
+    store_head_halves(q_ptr, k_ptr, v_ptr, part, dst, out_lo, out_hi, mask, HALF)
 
 
 @triton.jit
@@ -113,12 +127,7 @@ def rope_qkv_bwd_kernel(
     if HAS_ROPE:
         if part < 2:
             table = tokens[:, None] * head_dim + cols[None, :]
-            cos_lo = tl.load(cos_ptr + table, mask=mask, other=0.0)
-            cos_hi = tl.load(cos_ptr + table + HALF, mask=mask, other=0.0)
-            sin_lo = tl.load(sin_ptr + table, mask=mask, other=0.0)
-            sin_hi = tl.load(sin_ptr + table + HALF, mask=mask, other=0.0)
-            out_lo = g_lo * cos_lo + g_hi * sin_hi
-            out_hi = g_hi * cos_hi - g_lo * sin_lo
+            out_lo, out_hi = rotate_halves(g_lo, g_hi, cos_ptr, sin_ptr, table, mask, HALF, True)
 
     row_width = 3 * num_heads * head_dim
     dst = grad_qkv_ptr + batch * seq_len * row_width + tokens[:, None] * row_width + head_slot * head_dim + cols[None, :]
