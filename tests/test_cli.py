@@ -139,3 +139,27 @@ def test_console_entry_point_exit_status_and_stderr(tmp_path):
     assert process.returncode == 2
     assert process.stderr.strip().startswith("trm-fast: error: ") and "Traceback" not in process.stderr
     assert len(process.stderr.strip().splitlines()) == 1
+
+
+def test_gpu_out_of_memory_is_one_line_with_a_remedy(monkeypatch, capsys):
+    import torch
+
+    from trm_fast import cli
+
+    def run_out_of_memory(_args):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB\nmore details")
+
+    parser = cli.make_parser()
+    original_parse = parser.parse_args
+
+    def parse_with_oom(argv):
+        args = original_parse(argv)
+        args.handler = run_out_of_memory
+        return args
+
+    monkeypatch.setattr(parser, "parse_args", parse_with_oom)
+    monkeypatch.setattr(cli, "make_parser", lambda: parser)
+    code = cli.main(["train", "--dataset", "maze"])
+    error = capsys.readouterr().err.strip()
+    assert code == 2
+    assert error.count("\n") == 0 and "out of GPU memory" in error and "global_batch_size" in error

@@ -301,6 +301,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
     except Exception as error:  # noqa: BLE001 - the boundary that turns expected errors into one line
+        import torch
+
+        if isinstance(error, torch.cuda.OutOfMemoryError) and not debug:
+            print(f"{PROG}: error: out of GPU memory; lower the batch (--set global_batch_size=N) or spread it "
+                  "over more GPUs with torchrun (the last checkpoint, if any, is intact: --resume)", file=sys.stderr)
+            return 2
         if debug or not isinstance(error, _expected_errors()):
             raise
         message = " ".join(str(error).split())
