@@ -285,3 +285,10 @@ def teardown(engine, device: torch.device) -> None:
     if getattr(engine, "spec", None) is not None and engine.spec.compiled:
         torch._dynamo.reset()
     release_memory(device)
+
+
+def median_seconds(engine, rounds: int, warmup: int, device: torch.device) -> float:
+    """Median time of `engine.step` over `rounds` after `warmup`, then frees the engine (baselines)."""
+    seconds = sorted(time_calls(engine.step, rounds, warmup))[rounds // 2]
+    teardown(engine, device)
+    return seconds

@@ -1,7 +1,7 @@
 """Evaluation throughput: puzzles/s for a batch run through all 16 supervision steps (+ metrics)."""
 import pytest
 
-from bench._engines import ENGINE_SPECS, EvalEngine, op_backends, teardown, time_calls
+from bench._engines import ENGINE_SPECS, EvalEngine, median_seconds, op_backends, teardown
 from bench.bench_step import case_for, earlier_baselines, skip_reason
 
 EVAL_BASELINES = ("reference", "reference_compiled")
@@ -29,10 +29,7 @@ def _baseline_thunk(profile, case_name, baseline):
     def measure():
         engine = EvalEngine(ENGINE_SPECS[baseline], case_for(profile, case_name), profile.device,
                             compile_backend=profile.compile_backend)
-        rounds, warmup = _rounds(profile, baseline)
-        seconds = sorted(time_calls(engine.step, rounds, warmup))[rounds // 2]
-        teardown(engine, profile.device)
-        return seconds
+        return median_seconds(engine, *_rounds(profile, baseline), profile.device)
 
     return measure
 

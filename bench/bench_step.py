@@ -10,12 +10,12 @@ from bench._engines import (
     BASELINES,
     ENGINE_SPECS,
     TrainEngine,
+    median_seconds,
     op_backends,
     paper_case,
     peak_memory_bytes,
     reset_peak_memory,
     teardown,
-    time_calls,
     tiny_case,
     why_unavailable,
 )
@@ -61,10 +61,7 @@ def baseline_thunk(profile, case_name, baseline):
     def measure():
         case = case_for(profile, case_name)
         engine = _build(profile, baseline, case)
-        rounds, warmup = _engine_rounds(profile, baseline)
-        seconds = sorted(time_calls(engine.step, rounds, warmup))[rounds // 2]
-        teardown(engine, profile.device)
-        return seconds
+        return median_seconds(engine, *_engine_rounds(profile, baseline), profile.device)
 
     return measure
 

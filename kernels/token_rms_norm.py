@@ -34,6 +34,20 @@ def block_config(seq: int, hidden: int) -> dict:
 
 
 @triton.jit
+def _token_tile(base, rows, cols, col_mask, seq, hidden):
+    """Element offsets and mask of a [tokens, columns] tile of one [seq, hidden] matrix."""
+    mask = (rows < seq)[:, None] & col_mask[None, :]
+    return base + rows[:, None] * hidden + cols[None, :], mask
+
+
+@triton.jit
+def _load_fp32_pair(first_ptr, second_ptr, offsets, mask):
+    first = tl.load(first_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+    second = tl.load(second_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+    return first, second
+
+
+@triton.jit
 def token_rms_norm_fwd_kernel(
     residual_ptr, delta_ptr,  # [batch, seq, hidden]
     out_ptr, rstd_ptr,  # [batch, seq, hidden], [batch, hidden] fp32
@@ -48,31 +62,23 @@ def token_rms_norm_fwd_kernel(
     base = batch * seq * hidden
     tokens = tl.arange(0, BLOCK_S)
     dtype = out_ptr.dtype.element_ty
-    if SINGLE_TILE:
-        mask = (tokens < seq)[:, None] & col_mask[None, :]
-        offsets = base + tokens[:, None] * hidden + cols[None, :]
-        residual = tl.load(residual_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-        delta = tl.load(delta_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+    if SINGLE_TILE:  # the whole token strip stays in registers: one read, one write
+        offsets, mask = _token_tile(base, tokens, cols, col_mask, seq, hidden)
+        residual, delta = _load_fp32_pair(residual_ptr, delta_ptr, offsets, mask)
         summed = (residual + delta).to(dtype).to(tl.float32)  # the add rounds like the unfused one
         rstd = tl.rsqrt(tl.sum(summed * summed, axis=0) / seq + eps)
         tl.store(out_ptr + offsets, (summed * rstd[None, :]).to(dtype), mask=mask)
-    else:
+    else:  # long sequences: one pass for the statistics, one to normalise
         sum_squares = tl.zeros([BLOCK_D], dtype=tl.float32)
         for start in range(0, seq, BLOCK_S):
-            rows = start + tokens
-            mask = (rows < seq)[:, None] & col_mask[None, :]
-            offsets = base + rows[:, None] * hidden + cols[None, :]
-            residual = tl.load(residual_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-            delta = tl.load(delta_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+            offsets, mask = _token_tile(base, start + tokens, cols, col_mask, seq, hidden)
+            residual, delta = _load_fp32_pair(residual_ptr, delta_ptr, offsets, mask)
             summed = (residual + delta).to(dtype).to(tl.float32)
             sum_squares += tl.sum(summed * summed, axis=0)
         rstd = tl.rsqrt(sum_squares / seq + eps)
         for start in range(0, seq, BLOCK_S):
-            rows = start + tokens
-            mask = (rows < seq)[:, None] & col_mask[None, :]
-            offsets = base + rows[:, None] * hidden + cols[None, :]
-            residual = tl.load(residual_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-            delta = tl.load(delta_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+            offsets, mask = _token_tile(base, start + tokens, cols, col_mask, seq, hidden)
+            residual, delta = _load_fp32_pair(residual_ptr, delta_ptr, offsets, mask)
             summed = (residual + delta).to(dtype).to(tl.float32)
             tl.store(out_ptr + offsets, (summed * rstd[None, :]).to(dtype), mask=mask)
     tl.store(rstd_ptr + batch * hidden + cols, rstd, mask=col_mask)
@@ -95,29 +101,21 @@ def token_rms_norm_bwd_kernel(
     rstd = tl.load(rstd_ptr + batch * hidden + cols, mask=col_mask, other=0.0)
     dtype = grad_s_ptr.dtype.element_ty
     if SINGLE_TILE:
-        mask = (tokens < seq)[:, None] & col_mask[None, :]
-        offsets = base + tokens[:, None] * hidden + cols[None, :]
-        grad = tl.load(grad_out_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-        out = tl.load(out_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+        offsets, mask = _token_tile(base, tokens, cols, col_mask, seq, hidden)
+        grad, out = _load_fp32_pair(grad_out_ptr, out_ptr, offsets, mask)
         mean_grad_out = tl.sum(grad * out, axis=0) / seq
         grad_s = rstd[None, :] * (grad - out * mean_grad_out[None, :])
         tl.store(grad_s_ptr + offsets, grad_s.to(dtype), mask=mask)
     else:
         sum_grad_out = tl.zeros([BLOCK_D], dtype=tl.float32)
         for start in range(0, seq, BLOCK_S):
-            rows = start + tokens
-            mask = (rows < seq)[:, None] & col_mask[None, :]
-            offsets = base + rows[:, None] * hidden + cols[None, :]
-            grad = tl.load(grad_out_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-            out = tl.load(out_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+            offsets, mask = _token_tile(base, start + tokens, cols, col_mask, seq, hidden)
+            grad, out = _load_fp32_pair(grad_out_ptr, out_ptr, offsets, mask)
             sum_grad_out += tl.sum(grad * out, axis=0)
         mean_grad_out = sum_grad_out / seq
         for start in range(0, seq, BLOCK_S):
-            rows = start + tokens
-            mask = (rows < seq)[:, None] & col_mask[None, :]
-            offsets = base + rows[:, None] * hidden + cols[None, :]
-            grad = tl.load(grad_out_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-            out = tl.load(out_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+            offsets, mask = _token_tile(base, start + tokens, cols, col_mask, seq, hidden)
+            grad, out = _load_fp32_pair(grad_out_ptr, out_ptr, offsets, mask)
             grad_s = rstd[None, :] * (grad - out * mean_grad_out[None, :])
             tl.store(grad_s_ptr + offsets, grad_s.to(dtype), mask=mask)
 
