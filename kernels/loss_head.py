@@ -23,7 +23,7 @@ import triton.language as tl
 
 from trm_fast.kernels._aot import AOTSpec
 
-MAX_VOCAB = 1024  # one row of the vocabulary lives in registers
+MAX_VOCAB = 1024  # one row of the vocabulary lives in registers (trm_fast.ops.loss_head refuses wider ones)
 _TILE_ELEMENTS = 2048  # logits per tile: 16 per thread at 4 warps
 
 
@@ -137,24 +137,13 @@ def _act_loss_head_bwd_kernel(
 
 
 # ----------------------------------------------------------------------------- launchers
-def _check(logits: torch.Tensor, labels: torch.Tensor) -> tuple[int, int, int]:
-    if logits.dim() != 3:
-        raise ValueError(f"act_loss_head: logits must be [B, L, V], got shape {tuple(logits.shape)}")
-    batch, seq_len, vocab = logits.shape
-    if tuple(labels.shape) != (batch, seq_len):
-        raise ValueError(f"act_loss_head: labels must be [B, L] = {(batch, seq_len)}, got {tuple(labels.shape)}")
-    if not (logits.is_contiguous() and labels.is_contiguous()):
-        raise ValueError("act_loss_head: logits and labels must be contiguous")
-    if vocab > MAX_VOCAB:
-        raise ValueError(f"act_loss_head: the Triton kernel supports vocab <= {MAX_VOCAB}, got {vocab}")
-    return batch, seq_len, vocab
-
-
+# Inputs as trm_fast.ops.loss_head checks them: contiguous logits [B, L, V] (V <= MAX_VOCAB) and
+# labels [B, L], q_halt_logits [B], all on one device.
 def act_loss_head_fwd(
     logits: torch.Tensor, labels: torch.Tensor, q_halt_logits: torch.Tensor, ignore_index: int, stablemax: bool
 ) -> tuple[torch.Tensor, ...]:
     """(lm_loss, q_halt_loss, token_accuracy fp32 [B], seq_correct bool [B], token_count int32 [B])."""
-    batch, seq_len, vocab = _check(logits, labels)
+    batch, seq_len, vocab = logits.shape
     q_halt_logits = q_halt_logits.contiguous()
     lm_loss = torch.empty(batch, dtype=torch.float32, device=logits.device)
     q_halt_loss = torch.empty_like(lm_loss)
@@ -177,7 +166,7 @@ def act_loss_head_bwd(
     ignore_index: int, stablemax: bool,
 ) -> torch.Tensor:
     """Gradient of sum_b grad_lm_loss[b] * lm_loss[b] w.r.t. logits, in the logits dtype."""
-    batch, seq_len, vocab = _check(logits, labels)
+    batch, seq_len, vocab = logits.shape
     grad_logits = torch.empty_like(logits)
     n_rows = batch * seq_len
     if n_rows == 0:
@@ -228,4 +217,13 @@ def _aot_specs() -> list[AOTSpec]:
     return specs
 
 
-AOT_SPECS: list[AOTSpec] = _aot_specs()
+from trm_fast.kernels._aot import with_allowed_spills  # noqa: E402  (the AOT specs' helper)
+
+# Pointers only: seq_len 900 / 81, vocab 6..12 and n_rows = B * L are not (always) multiples of 16.
+# Measured with the launch specialisation (docs/kernels.md): the softmax forward at V = 11 / 12 spills 12 B
+# on sm_80 with Triton 3.8 (not on sm_90, nor with 3.6). To remove when the kernel is next tuned.
+AOT_SPECS: list[AOTSpec] = [
+    with_allowed_spills(spec, 80, "12 B with Triton 3.8 (none with 3.6)")
+    if spec.name.startswith("loss_head.fwd") and "softmax" in spec.name and ",V6," not in spec.name else spec
+    for spec in _aot_specs()
+]

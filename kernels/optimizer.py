@@ -267,10 +267,9 @@ def _pointer_table(tensor_lists: list[list[torch.Tensor]], device: torch.device)
     return table
 
 
-def _scalar_args(value, name: str, device: torch.device) -> tuple[torch.Tensor | None, float]:
+def _scalar_args(value) -> tuple[torch.Tensor | None, float]:
+    """(tensor, 0.0) for a one-element device tensor (read by the kernel), (None, number) otherwise."""
     if isinstance(value, torch.Tensor):
-        if value.numel() != 1 or value.device != device:
-            raise ValueError(f"{name} must be a number or a one-element tensor on {device}")
         return value, 0.0
     return None, float(value)
 
@@ -280,15 +279,16 @@ def adam_atan2_ema_step(
     exp_avg_sqs: list[torch.Tensor], ema_params: list[torch.Tensor] | None,
     step, lr, beta1: float, beta2: float, weight_decay: float, ema_decay: float,
 ) -> None:
-    """One fused launch over all tensors (fp32, contiguous, same device: checked by the caller)."""
+    """One fused launch over all tensors (fp32, contiguous, same device; step and lr numbers or one-element
+    tensors on that device: all checked by trm_fast.ops.optimizer)."""
     if not params:
         return
     device = params[0].device
     has_ema = bool(ema_params)
     lists = [params, grads, exp_avgs, exp_avg_sqs, ema_params if has_ema else params]
     table = _pointer_table(lists, device)
-    step_tensor, step_value = _scalar_args(step, "step", device)
-    lr_tensor, lr_value = _scalar_args(lr, "lr", device)
+    step_tensor, step_value = _scalar_args(step)
+    lr_tensor, lr_value = _scalar_args(lr)
     hyper_from_tensors = step_tensor is not None or lr_tensor is not None
     if hyper_from_tensors:  # one kernel variant reads both from memory
         if step_tensor is None:
@@ -310,12 +310,12 @@ def adam_atan2_ema_step(
 def sign_sgd_rows(
     table: torch.Tensor, row_ids: torch.Tensor, row_grads: torch.Tensor, lr, weight_decay: float
 ) -> None:
-    """In-place sign-SGD on the rows of `table` named by `row_ids` (checked by the caller)."""
+    """In-place sign-SGD on the rows of `table` named by `row_ids` (all checked by trm_fast.ops.optimizer)."""
     n_ids = row_ids.shape[0]
     if n_ids == 0:
         return
     dim = table.shape[1]
-    lr_tensor, lr_value = _scalar_args(lr, "lr", table.device)
+    lr_tensor, lr_value = _scalar_args(lr)
     block_ids, block_d, num_warps = sign_sgd_block_config(dim)
     _sign_sgd_rows_kernel[(n_ids, triton.cdiv(dim, block_d))](
         table, row_ids, row_grads,
@@ -363,4 +363,7 @@ def _aot_specs() -> list[AOTSpec]:
     return specs
 
 
-AOT_SPECS: list[AOTSpec] = _aot_specs()
+from trm_fast.kernels._aot import with_divisible  # noqa: E402  (the AOT specs' own helper)
+
+# The sign-SGD rows are 512 wide; tensor and id counts vary and are left unmarked.
+AOT_SPECS: list[AOTSpec] = [with_divisible(spec, "dim") if "dim" in spec.signature else spec for spec in _aot_specs()]

@@ -24,9 +24,7 @@ from trm_fast.kernels._aot import AOTSpec
 
 
 def block_config(seq_len: int, head_dim: int) -> dict:
-    """Block sizes and warps of both RoPE kernels (shared by the launchers and AOT_SPECS)."""
-    if head_dim % 2 or head_dim < 2:
-        raise ValueError(f"rope_qkv: head_dim must be even, got {head_dim}")
+    """Block sizes and warps of both RoPE kernels for an even head_dim >= 2 (shared by the launchers and AOT_SPECS)."""
     half = head_dim // 2
     block_half = triton.next_power_of_2(half)
     # About 2K elements per half-tile: 64 tokens at head_dim 64.
@@ -135,33 +133,18 @@ def rope_qkv_bwd_kernel(
     tl.store(dst + HALF, out_hi.to(grad_qkv_ptr.dtype.element_ty), mask=mask)
 
 
-def _check_tables(name: str, cos: torch.Tensor | None, sin: torch.Tensor | None, seq_len: int, head_dim: int, device) -> None:
-    if (cos is None) != (sin is None):
-        raise ValueError(f"{name}: give both cos and sin, or neither")
-    if cos is None:
-        return
-    for label, table in (("cos", cos), ("sin", sin)):
-        if table.dtype != torch.float32:
-            raise TypeError(f"{name}: {label} must be float32, got {table.dtype}")
-        if tuple(table.shape) != (seq_len, head_dim):
-            raise ValueError(f"{name}: {label} must have shape {(seq_len, head_dim)}, got {tuple(table.shape)}")
-        if table.device != device or not table.is_contiguous():
-            raise ValueError(f"{name}: {label} must be contiguous and on {device}")
-
-
 def rope_qkv_fwd(qkv: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None, num_heads: int):
-    """Launch the forward kernel: qkv [B, S, 3*H*hd] contiguous -> (q, k, v) each [B, H, S, hd]."""
-    if qkv.dim() != 3 or not qkv.is_contiguous():
-        raise ValueError(f"rope_qkv_fwd: qkv must be a contiguous [B, S, 3*H*hd] tensor, got shape {tuple(qkv.shape)}")
+    """Launch the forward kernel: qkv [B, S, 3*H*hd] contiguous -> (q, k, v) each [B, H, S, hd].
+
+    Inputs as trm_fast.ops.rope checks them (head_dim even; cos and sin both None or contiguous fp32
+    [S, hd] on qkv's device); the registered op makes qkv and the tables contiguous.
+    """
     batch, seq_len, width = qkv.shape
-    if num_heads <= 0 or width % (3 * num_heads):
-        raise ValueError(f"rope_qkv_fwd: last dim {width} is not 3 * num_heads ({num_heads}) * head_dim")
     head_dim = width // (3 * num_heads)
-    _check_tables("rope_qkv_fwd", cos, sin, seq_len, head_dim, qkv.device)
-    config = block_config(seq_len, head_dim)
     q, k, v = (qkv.new_empty(batch, num_heads, seq_len, head_dim) for _ in range(3))
     if qkv.numel() == 0:
         return q, k, v
+    config = block_config(seq_len, head_dim)
     grid = (triton.cdiv(seq_len, config["BLOCK_S"]), 3 * num_heads, batch)
     rope_qkv_fwd_kernel[grid](
         qkv, cos if cos is not None else qkv, sin if sin is not None else qkv, q, k, v,
@@ -174,18 +157,13 @@ def rope_qkv_fwd(qkv: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor 
 
 def rope_qkv_bwd(grad_q: torch.Tensor, grad_k: torch.Tensor, grad_v: torch.Tensor,
                  cos: torch.Tensor | None, sin: torch.Tensor | None) -> torch.Tensor:
-    """Launch the backward kernel: grads [B, H, S, hd] (contiguous) -> grad_qkv [B, S, 3*H*hd]."""
-    for grad in (grad_k, grad_v):
-        if grad.shape != grad_q.shape or grad.dtype != grad_q.dtype or grad.device != grad_q.device:
-            raise ValueError("rope_qkv_bwd: grad_q, grad_k, grad_v must share shape, dtype and device")
-    if grad_q.dim() != 4 or not all(g.is_contiguous() for g in (grad_q, grad_k, grad_v)):
-        raise ValueError("rope_qkv_bwd: grads must be contiguous [B, H, S, hd] tensors")
+    """Launch the backward kernel: grads [B, H, S, hd] (contiguous, of the forward's q, k, v shape and dtype)
+    -> grad_qkv [B, S, 3*H*hd]; cos and sin as in the forward."""
     batch, num_heads, seq_len, head_dim = grad_q.shape
-    _check_tables("rope_qkv_bwd", cos, sin, seq_len, head_dim, grad_q.device)
-    config = block_config(seq_len, head_dim)
     grad_qkv = grad_q.new_empty(batch, seq_len, 3 * num_heads * head_dim)
     if grad_qkv.numel() == 0:
         return grad_qkv
+    config = block_config(seq_len, head_dim)
     grid = (triton.cdiv(seq_len, config["BLOCK_S"]), 3 * num_heads, batch)
     rope_qkv_bwd_kernel[grid](
         grad_q, grad_k, grad_v, cos if cos is not None else grad_q, sin if sin is not None else grad_q, grad_qkv,
