@@ -288,6 +288,29 @@ def test_valid_hand_made_row_reads(tmp_path):
     assert mz.check_maze_pair(records.inputs[0], records.labels[0]) == 14
 
 
+def test_csv_with_utf8_byte_order_mark_reads(tmp_path):
+    """Spreadsheet programs save "CSV UTF-8" with a byte-order mark and CRLF line ends."""
+    q, a = maze_row()
+    inputs, labels = mz.generate_mazes(2, 7, seed=5)
+    rows = [("sheet", q, a, "14")]
+    text = "source,question,answer,rating\r\n" + "".join(",".join(r) + "\r\n" for r in rows)
+    path = tmp_path / "excel.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+    assert path.read_bytes()[:3] == b"\xef\xbb\xbf"
+    records = cf.read_maze_csv(path)
+    assert len(records) == 1 and records.size == 5
+    assert records.sources == ["sheet"] and records.ratings == ["14"]
+    np.testing.assert_array_equal(records.inputs[0], cf.maze_string_to_tokens(q))
+    np.testing.assert_array_equal(records.labels[0], cf.maze_string_to_tokens(a))
+
+    # A BOM'd pair converts to a dataset folder like any other.
+    for name, count in (("train", 2), ("test", 1)):
+        plain = cf.write_maze_csv(tmp_path / f"plain_{name}.csv", inputs[:count], labels[:count])
+        (tmp_path / f"{name}.csv").write_bytes(b"\xef\xbb\xbf" + plain.read_bytes())
+    out = cf.convert_maze_csv(tmp_path / "train.csv", tmp_path / "test.csv", tmp_path / "folder")
+    np.testing.assert_array_equal(np.asarray(ds.load_split(out, "train").inputs), inputs)
+
+
 def replace_at(text, pos, ch):
     return text[:pos] + ch + text[pos + 1:]
 

@@ -46,9 +46,10 @@ def test_fp16_rounds_once():
     torch.testing.assert_close(out, float64_sum(tensors), atol=1e-7, rtol=2**-10)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("count", [2, 3])
-def test_opcheck(count):
-    tensors = make_inputs((3, 5, 96), torch.float32, count)
+def test_opcheck(count, dtype):
+    tensors = make_inputs((3, 5, 96), dtype, count)
     torch.library.opcheck(
         torch.ops.trm_fast.add_streams.default, (*tensors, *([None] * (3 - count)), "triton")
     )

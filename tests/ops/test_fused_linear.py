@@ -101,6 +101,19 @@ def test_torch_backend_is_the_reference():
         torch.testing.assert_close(result, reference, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("batch, in_features", [(0, 32), (2, 0)])
+def test_qkv_empty_input_matches_reference(batch, in_features):
+    """No rows, or K = 0 (a zero product): the Triton path returns what the reference does, without a launch."""
+    state, inject_a, inject_b = _streams((batch, 5, in_features), 3)
+    w_qkv = _weight(3 * 2 * 32, in_features) if in_features else torch.zeros(3 * 2 * 32, 0)
+    cos, sin = rope_tables(5, 32)
+    outputs = fused_inject_qkv_rope(state, inject_a, inject_b, w_qkv, cos, sin, 2, backend="triton")
+    expected = fused_inject_qkv_rope_reference(state, inject_a, inject_b, w_qkv, cos, sin, 2)
+    for result, reference in zip(outputs, expected):
+        assert result.shape == reference.shape
+        torch.testing.assert_close(result, reference, rtol=0, atol=0)
+
+
 def test_available():
     assert fused_linear_available("cpu") is True  # the interpreter is on in this test session
     assert fused_linear_available(torch.device("meta")) is False

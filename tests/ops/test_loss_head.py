@@ -12,6 +12,8 @@ import pytest
 import torch
 
 import trm_fast  # noqa: F401  (registers trm_fast.kernels)
+from trm_fast.kernels.loss_head import MAX_VOCAB
+from trm_fast.ops._backend import triton_runs_on
 from trm_fast.ops.loss_head import (
     act_loss_head,
     act_loss_head_reference,
@@ -19,6 +21,11 @@ from trm_fast.ops.loss_head import (
     stablemax_cross_entropy,
 )
 
+# The Triton kernels run on these CPU tensors only under Triton's interpreter (conftest switches it on
+# without a GPU); on a GPU machine they are covered by test_loss_head_gpu.py.
+needs_interpreter = pytest.mark.skipif(
+    not triton_runs_on(torch.device("cpu")), reason="needs Triton's interpreter (TRITON_INTERPRET=1, no GPU)"
+)
 IGNORE = -100
 LOSS_TYPES = ("stablemax", "softmax")
 METRICS = ("lm_loss", "q_halt_loss", "token_accuracy", "seq_correct", "token_count")
@@ -76,6 +83,7 @@ def test_reference_seq_correct_and_counts():
 
 
 # ----------------------------------------------------------------------------- triton vs reference
+@needs_interpreter
 @pytest.mark.parametrize("loss_type", LOSS_TYPES)
 @pytest.mark.parametrize("shape", [(1, 1, 6), (4, 9, 6), (3, 37, 11), (2, 97, 12)])
 def test_forward_and_gradients_match_reference(shape, loss_type):
@@ -92,6 +100,7 @@ def test_forward_and_gradients_match_reference(shape, loss_type):
     torch.testing.assert_close(grads[1], expected_grads[1], rtol=1e-5, atol=1e-7)
 
 
+@needs_interpreter
 @pytest.mark.parametrize("loss_type", LOSS_TYPES)
 def test_fp16_logits_int32_labels(loss_type):
     logits, labels, q_halt = make_inputs(3, 21, 12, dtype=torch.float16, seed=5, labels_dtype=torch.int32)
@@ -106,6 +115,7 @@ def test_fp16_logits_int32_labels(loss_type):
     torch.testing.assert_close(grad, expected_grad, rtol=2e-3, atol=1e-5)
 
 
+@needs_interpreter
 def test_argmax_ties_pick_the_first_index_like_torch():
     logits = torch.tensor([[[1.0, 3.0, 3.0, 0.0], [2.0, 2.0, 2.0, 2.0]]])
     for labels, expected_correct in (([1, 0], 2), ([2, 3], 0)):
@@ -113,6 +123,7 @@ def test_argmax_ties_pick_the_first_index_like_torch():
         assert got["token_accuracy"].item() == expected_correct / 2
 
 
+@needs_interpreter
 def test_only_q_halt_gradient():
     logits, labels, q_halt = make_inputs(3, 5, 6)
     logits.requires_grad_()
@@ -145,20 +156,30 @@ def test_bad_loss_type():
         act_loss_head(*make_inputs(2, 4, 6), loss_type="focal")
 
 
+@needs_interpreter
+def test_vocab_over_the_triton_limit():
+    with pytest.raises(ValueError, match="limit"):
+        act_loss_head(*make_inputs(1, 2, MAX_VOCAB + 1), backend="triton")
+
+
 # ----------------------------------------------------------------------------- registration
-def test_opcheck():
-    logits, labels, q_halt = make_inputs(3, 7, 6)
+@needs_interpreter
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+@pytest.mark.parametrize("dtype, labels_dtype", [(torch.float32, torch.int64), (torch.float16, torch.int32)])
+def test_opcheck(loss_type, dtype, labels_dtype):
+    logits, labels, q_halt = make_inputs(3, 7, 6, dtype=dtype, labels_dtype=labels_dtype)
     torch.library.opcheck(
         torch.ops.trm_fast.act_loss_head_fwd.default,
-        (logits.requires_grad_(), labels, q_halt.requires_grad_(), IGNORE, "stablemax", "triton"),
+        (logits.requires_grad_(), labels, q_halt.requires_grad_(), IGNORE, loss_type, "triton"),
     )
     count = (labels != IGNORE).sum(-1).to(torch.int32)
     torch.library.opcheck(
         torch.ops.trm_fast.act_loss_head_bwd.default,
-        (logits.detach(), labels, count, torch.rand(3), IGNORE, "softmax", "triton"),
+        (logits.detach(), labels, count, torch.rand(3), IGNORE, loss_type, "triton"),
     )
 
 
+@needs_interpreter
 def test_torch_compile_fullgraph():
     logits, labels, q_halt = make_inputs(3, 11, 6, seed=3)
 

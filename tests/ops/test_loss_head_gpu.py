@@ -71,3 +71,20 @@ def test_compiled_fullgraph_on_gpu(backend):
     torch.compile(total, fullgraph=True)(leaf, q_halt).backward()
     total(ref_leaf, q_halt).backward()
     torch.testing.assert_close(leaf.grad, ref_leaf.grad)
+
+
+@pytest.mark.parametrize("backend", [name for name in backends() if name != "torch"])
+@pytest.mark.parametrize("loss_type", ["stablemax", "softmax"])
+def test_opcheck_with_cuda_tensors(loss_type, backend):
+    """The registered ops on the GPU: the C++ kernels (backend "cuda") sit behind the same schema and fake."""
+    logits, labels, q_halt = make_inputs(4, 9, 6)
+    torch.library.opcheck(
+        torch.ops.trm_fast.act_loss_head_fwd.default,
+        (logits.requires_grad_(), labels, q_halt.requires_grad_(), IGNORE, loss_type, backend),
+    )
+    count = (labels != IGNORE).sum(-1).to(torch.int32)
+    grad_lm_loss = torch.rand(4, device="cuda")
+    torch.library.opcheck(
+        torch.ops.trm_fast.act_loss_head_bwd.default,
+        (logits.detach(), labels, count, grad_lm_loss, IGNORE, loss_type, backend),
+    )

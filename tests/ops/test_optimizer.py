@@ -13,6 +13,7 @@ import triton.language as tl
 
 import trm_fast  # noqa: F401
 from trm_fast.kernels.optimizer import _atan2
+from trm_fast.ops._backend import triton_runs_on
 from trm_fast.ops.optimizer import (
     adam_atan2_ema_step_,
     adam_atan2_ema_step_reference_,
@@ -20,8 +21,13 @@ from trm_fast.ops.optimizer import (
     sign_sgd_rows_reference_,
 )
 
+# The Triton kernels run on these CPU tensors only under Triton's interpreter (conftest switches it on
+# without a GPU); on a GPU machine they are covered by test_optimizer_gpu.py.
+needs_interpreter = pytest.mark.skipif(
+    not triton_runs_on(torch.device("cpu")), reason="needs Triton's interpreter (TRITON_INTERPRET=1, no GPU)"
+)
 HYPER = dict(beta1=0.9, beta2=0.95, weight_decay=0.1, ema_decay=0.999)
-BACKENDS = ("torch", "triton")
+BACKENDS = ("torch", pytest.param("triton", marks=needs_interpreter))
 
 
 def expected_adam_scalar(p, g, m, v, ema, step, lr, beta1, beta2, weight_decay, ema_decay):
@@ -69,6 +75,7 @@ def make_state(shapes, seed):
     return params, exp_avgs, exp_avg_sqs, ema
 
 
+@needs_interpreter
 @pytest.mark.parametrize("with_ema", [True, False])
 @pytest.mark.parametrize("tensor_hyper", [False, True])
 def test_fused_matches_reference_over_steps(with_ema, tensor_hyper):
@@ -102,6 +109,7 @@ def _atan2_test_kernel(y_ptr, x_ptr, out_ptr, n, BLOCK: tl.constexpr):
     tl.store(out_ptr + offsets, _atan2(y, x), mask=mask)
 
 
+@needs_interpreter
 def test_kernel_atan2_matches_torch_in_every_quadrant():
     magnitudes = torch.tensor([0.0, 1e-30, 1e-6, 0.3, 0.41421356, 0.5, 1.0, 2.4, 7.0, 1e4])
     signed = torch.cat([magnitudes, -magnitudes[1:]])
@@ -126,13 +134,42 @@ def test_validation_errors():
         adam_atan2_ema_step_(params, grads, exp_avgs, exp_avg_sqs, None, **{**kwargs, "lr": torch.ones(2)})
 
 
-def test_adam_opcheck():
-    params, exp_avgs, exp_avg_sqs, ema = make_state([(5,), (2, 3)], seed=4)
+# ----------------------------------------------------------------------------- registration
+def written_arguments(op) -> set[str]:
+    return {arg.name for arg in op._schema.arguments if arg.alias_info is not None and arg.alias_info.is_write}
+
+
+def test_schemas_declare_exactly_the_arguments_updated_in_place():
+    """opcheck fails on an undeclared mutation; this also pins down that nothing else is declared."""
+    adam = torch.ops.trm_fast.adam_atan2_ema_step_.default
+    assert written_arguments(adam) == {"params", "exp_avgs", "exp_avg_sqs", "ema_params"}
+    assert len(adam._schema.returns) == 0
+    sign_sgd = torch.ops.trm_fast.sign_sgd_rows_.default
+    assert written_arguments(sign_sgd) == {"table"}
+    assert len(sign_sgd._schema.returns) == 0
+
+
+@needs_interpreter
+@pytest.mark.parametrize("with_ema", [True, False])
+@pytest.mark.parametrize("hyper", ["numbers", "tensors", "tensor_lr"])
+def test_adam_opcheck(with_ema, hyper):
+    params, exp_avgs, exp_avg_sqs, ema = make_state([(5,), (2, 3), (2048 + 3,)], seed=4)
     grads = [torch.randn_like(p) for p in params]
-    torch.library.opcheck(
-        torch.ops.trm_fast.adam_atan2_ema_step_.default,
-        (params, grads, exp_avgs, exp_avg_sqs, ema, torch.tensor(2.0), 0.0, None, 1e-3, 0.9, 0.95, 0.1, 0.999, "triton"),
-    )
+    step_tensor, step_value = (torch.tensor(2.0), 0.0) if hyper == "tensors" else (None, 2.0)
+    lr_tensor, lr_value = (None, 1e-3) if hyper == "numbers" else (torch.tensor(1e-3), 0.0)
+    args = (params, grads, exp_avgs, exp_avg_sqs, ema if with_ema else [], step_tensor, step_value, lr_tensor,
+            lr_value, 0.9, 0.95, 0.1, 0.999, "triton")
+    op = torch.ops.trm_fast.adam_atan2_ema_step_.default
+    torch.library.opcheck(op, args)  # runs on copies of the arguments
+    # One real call: the declared arguments change in place, the others do not.
+    everything = params + exp_avgs + exp_avg_sqs + ema + grads
+    before = [t.clone() for t in everything]
+    op(*args)
+    changed = [not torch.equal(t, old) for t, old in zip(everything, before)]
+    n = len(params)
+    assert all(changed[:3 * n])  # params and both moments
+    assert all(changed[3 * n:4 * n]) if with_ema else not any(changed[3 * n:4 * n])  # the EMA only when given
+    assert not any(changed[4 * n:])  # grads are read only
 
 
 # ----------------------------------------------------------------------------- sign-SGD rows
@@ -155,6 +192,7 @@ def test_sign_sgd_sums_duplicate_ids_before_the_sign(backend):
     torch.testing.assert_close(table, expected, rtol=0, atol=1e-7)
 
 
+@needs_interpreter
 @pytest.mark.parametrize("ids", ["all_same", "random"])
 def test_sign_sgd_triton_matches_reference(ids):
     generator = torch.Generator().manual_seed(7)
@@ -168,7 +206,7 @@ def test_sign_sgd_triton_matches_reference(ids):
     torch.testing.assert_close(table, expected, rtol=1e-6, atol=1e-7)
 
 
-def test_sign_sgd_validation_and_opcheck():
+def test_sign_sgd_validation():
     table = torch.zeros(4, 3)
     with pytest.raises(ValueError, match="row_grads"):
         sign_sgd_rows_(table, torch.tensor([0, 1]), torch.zeros(2, 4), 0.1, 0.0, backend="triton")
@@ -176,12 +214,32 @@ def test_sign_sgd_validation_and_opcheck():
         sign_sgd_rows_(table, torch.tensor([0.0, 1.0]), torch.zeros(2, 3), 0.1, 0.0, backend="triton")
     with pytest.raises(ValueError, match="table"):
         sign_sgd_rows_(table.double(), torch.tensor([0, 1]), torch.zeros(2, 3), 0.1, 0.0, backend="triton")
-    torch.library.opcheck(
-        torch.ops.trm_fast.sign_sgd_rows_.default,
-        (table, torch.tensor([2, 0, 2]), torch.randn(3, 3), None, 0.1, 0.01, "triton"),
-    )
+    with pytest.raises(ValueError, match="one-element"):
+        sign_sgd_rows_(table, torch.tensor([0, 1]), torch.zeros(2, 3), torch.ones(2), 0.0, backend="triton")
 
 
+@needs_interpreter
+@pytest.mark.parametrize("lr", ["number", "tensor"])
+@pytest.mark.parametrize("ids_dtype, grads_dtype", [(torch.int64, torch.float32), (torch.int32, torch.float16)])
+def test_sign_sgd_opcheck(lr, ids_dtype, grads_dtype):
+    generator = torch.Generator().manual_seed(6)
+    table = torch.randn(4, 3, generator=generator)
+    before = table.clone()
+    row_ids = torch.tensor([2, 0, 2], dtype=ids_dtype)
+    row_grads = torch.randn(3, 3, generator=generator).to(grads_dtype)
+    lr_tensor, lr_value = (torch.tensor(0.1), 0.0) if lr == "tensor" else (None, 0.1)
+    args = (table, row_ids, row_grads, lr_tensor, lr_value, 0.01, "triton")
+    op = torch.ops.trm_fast.sign_sgd_rows_.default
+    torch.library.opcheck(op, args)  # runs on copies of the arguments
+    # One real call: rows 0 and 2 of the table change in place; nothing else does.
+    inputs_before = (row_ids.clone(), row_grads.clone())
+    op(*args)
+    assert not torch.equal(table[0], before[0]) and not torch.equal(table[2], before[2])
+    assert torch.equal(table[1], before[1]) and torch.equal(table[3], before[3])
+    assert torch.equal(row_ids, inputs_before[0]) and torch.equal(row_grads, inputs_before[1])
+
+
+@needs_interpreter
 def test_compiled_step_fullgraph():
     params, exp_avgs, exp_avg_sqs, ema = make_state([(6,), (2, 5)], seed=9)
     grads = [torch.randn_like(p) for p in params]
@@ -198,6 +256,7 @@ def test_compiled_step_fullgraph():
             torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-7)
 
 
+@needs_interpreter
 def test_tensors_below_the_first_parameter_in_memory():
     """The kernel finds tensors as offsets from params[0]; negative offsets must work too."""
     params = sorted([torch.randn(5000), torch.randn(7)], key=lambda t: -t.data_ptr())

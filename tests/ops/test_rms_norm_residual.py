@@ -90,18 +90,20 @@ def test_gradient_when_only_next_input_is_used():
         torch.testing.assert_close(got, want, **GRAD_TOLERANCES[torch.float32])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("num_inject", [0, 1, 2])
-def test_opcheck_forward(num_inject):
-    tensors = make_inputs((3, 5, 96), torch.float32, 2 + num_inject)
+def test_opcheck_forward(num_inject, dtype):
+    tensors = make_inputs((3, 5, 96), dtype, 2 + num_inject)
     injects = tensors[2:] + [None] * (2 - num_inject)
     torch.library.opcheck(
         torch.ops.trm_fast.rms_norm_residual_fwd.default, (tensors[0], tensors[1], *injects, 1e-5, "triton")
     )
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("with_grad_next", [False, True])
-def test_opcheck_backward(with_grad_next):
-    residual, delta, grad_out, grad_next = (t.detach() for t in make_inputs((4, 96), torch.float32, 4))
+def test_opcheck_backward(with_grad_next, dtype):
+    residual, delta, grad_out, grad_next = (t.detach() for t in make_inputs((4, 96), dtype, 4))
     out, _, rstd = kernels.rms_norm_residual_fwd(residual, delta)
     torch.library.opcheck(
         torch.ops.trm_fast.rms_norm_residual_bwd.default,

@@ -79,3 +79,25 @@ def test_bf16_matches_fp32_truth(shape, num_inject, backend):
     assert grad_error <= 8 * HALF_ULP * grad_scale, f"{backend}: gradient error {grad_error:.3g}"
     assert out_error <= 2 * max_error(torch_out, truth_out) + HALF_ULP * out_scale
     assert grad_error <= 2 * max_error(torch_grads, truth_grads) + HALF_ULP * grad_scale
+
+
+@pytest.mark.parametrize("backend", [name for name in gpu_backends() if name != "torch"])
+@pytest.mark.parametrize("num_inject", [0, 2])
+def test_opcheck_with_cuda_tensors(num_inject, backend):
+    """The registered ops on the GPU: the C++ kernels (backend "cuda") sit behind the same schema and fake."""
+    generator = torch.Generator(device="cuda").manual_seed(1)
+    tensors = [
+        torch.randn(3, 5, 96, device="cuda", generator=generator).bfloat16().requires_grad_(True)
+        for _ in range(2 + num_inject)
+    ]
+    injects = tensors[2:] + [None] * (2 - num_inject)
+    torch.library.opcheck(
+        torch.ops.trm_fast.rms_norm_residual_fwd.default, (tensors[0], tensors[1], *injects, 1e-5, backend)
+    )
+    residual, delta = (t.detach() for t in tensors[:2])
+    out, _, rstd = torch.ops.trm_fast.rms_norm_residual_fwd(residual, delta, None, None, 1e-5, backend)
+    grad_out, grad_next = (torch.randn(out.shape, device="cuda", generator=generator).bfloat16() for _ in range(2))
+    torch.library.opcheck(
+        torch.ops.trm_fast.rms_norm_residual_bwd.default,
+        (grad_out, grad_next if num_inject else None, out, rstd, backend),
+    )

@@ -115,3 +115,14 @@ def test_bad_inputs_raise_one_line_errors():
         swiglu(torch.randn(2, 4, 8), dim=0, backend="triton")
     with pytest.raises(ValueError, match="contiguous"):
         swiglu(torch.randn(8, 4).t(), backend="triton")
+
+
+def test_too_many_blocks_per_slice_is_refused_by_the_op(monkeypatch):
+    """Grid axis 1 holds one slice's blocks; the op refuses, before launching, what would not fit."""
+    assert kernels.fits_grid(65535 * 1024) and not kernels.fits_grid(65535 * 1024 + 1)
+    monkeypatch.setattr(kernels, "_MAX_GRID_Y", 1)  # one block per slice: half <= 1024 when it divides
+    assert kernels.fits_grid(200) and kernels.fits_grid(1024) and not kernels.fits_grid(300)
+    with pytest.raises(ValueError, match="grid"):
+        swiglu(torch.randn(2, 600), backend="triton")
+    gate_up = torch.randn(3, 5, 2048)
+    torch.testing.assert_close(swiglu(gate_up, backend="triton"), swiglu_reference(gate_up), **FP32)

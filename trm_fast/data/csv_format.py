@@ -80,7 +80,9 @@ def read_maze_csv(path: str | os.PathLike, size: int | None = None, check_answer
     if not path.is_file():
         raise DataError(path, "file is missing")
     inputs, labels, sources, ratings = [], [], [], []
-    with open(path, newline="", encoding="utf-8") as handle:
+    # utf-8-sig: a byte-order mark at the start (as spreadsheet programs write it) is dropped, so it
+    # does not end up glued to the first header field; files without one read the same as plain UTF-8.
+    with open(path, newline="", encoding="utf-8-sig") as handle:
         reader = csv.reader(handle)
         try:
             header = next(reader, None)

@@ -174,39 +174,28 @@ def _extension() -> ModuleType:
 
 
 # ----------------------------------------------------------------------------- op wrappers
-_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-
-
-def _check_cuda(name: str, tensor: Tensor) -> None:
-    if not isinstance(tensor, Tensor):
-        raise TypeError(f"{name} must be a tensor, got {type(tensor).__name__}")
-    if tensor.device.type != "cuda":
-        raise ValueError(f"{name} must be a CUDA tensor for the CUDA extension, got {tensor.device}")
+# The public ops (trm_fast.ops.rms_norm_residual, trm_fast.ops.loss_head) validate their inputs; these
+# wrappers pass tensors through. The only check here keeps a direct call with CPU tensors from
+# loading (or building) the extension before the C++ side would refuse them anyway.
+def _require_cuda(name: str, tensor: Tensor) -> None:
+    if not (isinstance(tensor, Tensor) and tensor.device.type == "cuda"):
+        where = tensor.device if isinstance(tensor, Tensor) else type(tensor).__name__
+        raise ValueError(f"{name} must be a CUDA tensor for the CUDA extension, got {where}")
 
 
 def rms_norm_residual_fwd(
     residual: Tensor, delta: Tensor, inject_a: Optional[Tensor], inject_b: Optional[Tensor], eps: float
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(out, next_input or an empty tensor, rstd fp32 [rows]); rows = numel / hidden."""
-    _check_cuda("residual", residual)
-    if residual.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"rms_norm_residual_fwd: dtype {residual.dtype} is not supported (float32, float16, bfloat16)")
-    for name, tensor in (("delta", delta), ("inject_a", inject_a), ("inject_b", inject_b)):
-        if tensor is None:
-            continue
-        _check_cuda(name, tensor)
-        if tensor.shape != residual.shape or tensor.dtype != residual.dtype:
-            raise ValueError(f"rms_norm_residual_fwd: {name} must match residual ({residual.dtype} {tuple(residual.shape)})")
+    _require_cuda("residual", residual)
     contiguous = [t.contiguous() if t is not None else None for t in (residual, delta, inject_a, inject_b)]
     return tuple(_extension().rms_norm_residual_fwd(*contiguous, float(eps)))
 
 
 def rms_norm_residual_bwd(grad_out: Tensor, grad_next: Optional[Tensor], out: Tensor, rstd: Tensor) -> Tensor:
     """grad_s = rstd * (g - out * mean(g * out)), g = grad_out (+ grad_next)."""
-    _check_cuda("out", out)
-    _check_cuda("grad_out", grad_out)
+    _require_cuda("out", out)
     if grad_next is not None:
-        _check_cuda("grad_next", grad_next)
         grad_next = grad_next.contiguous()
     return _extension().rms_norm_residual_bwd(grad_out.contiguous(), grad_next, out.contiguous(), rstd.contiguous())
 
@@ -215,8 +204,7 @@ def loss_head_fwd(
     logits: Tensor, labels: Tensor, q_halt_logits: Tensor, ignore_index: int, stablemax: bool
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(lm_loss, q_halt_loss, token_accuracy, seq_correct, token_count), as trm_fast.ops.loss_head."""
-    for name, tensor in (("logits", logits), ("labels", labels), ("q_halt_logits", q_halt_logits)):
-        _check_cuda(name, tensor)
+    _require_cuda("logits", logits)
     return tuple(
         _extension().loss_head_fwd(
             logits.contiguous(), labels.contiguous(), q_halt_logits.contiguous(), int(ignore_index), bool(stablemax)
@@ -228,8 +216,7 @@ def loss_head_bwd(
     logits: Tensor, labels: Tensor, token_count: Tensor, grad_lm_loss: Tensor, ignore_index: int, stablemax: bool
 ) -> Tensor:
     """grad_logits of sum_b grad_lm_loss[b] * lm_loss[b]."""
-    for name, tensor in (("logits", logits), ("labels", labels), ("token_count", token_count)):
-        _check_cuda(name, tensor)
+    _require_cuda("logits", logits)
     return _extension().loss_head_bwd(
         logits.contiguous(), labels.contiguous(), token_count.contiguous(), grad_lm_loss.float().contiguous(),
         int(ignore_index), bool(stablemax),

@@ -20,6 +20,7 @@ from trm_fast.ops._backend import resolve
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 LABEL_DTYPES = (torch.int32, torch.int64)
 LOSS_TYPES = ("stablemax", "softmax")
+IGNORE_INDEX = -100  # label of positions without a target (the one definition; data and training use it)
 
 
 # ----------------------------------------------------------------------------- references (the spec)
@@ -35,19 +36,19 @@ def _per_token_loss(log_probs: Tensor, labels: Tensor, ignore_index: int) -> Ten
     return torch.where(labelled, -label_log_probs, torch.zeros_like(label_log_probs))
 
 
-def stablemax_cross_entropy(logits: Tensor, labels: Tensor, ignore_index: int = -100) -> Tensor:
+def stablemax_cross_entropy(logits: Tensor, labels: Tensor, ignore_index: int = IGNORE_INDEX) -> Tensor:
     """Per-token stable-max CE in float64 (0 at ignored tokens), as TRM's loss."""
     s = _stablemax_transform(logits.double())
     return _per_token_loss(torch.log(s / s.sum(-1, keepdim=True)), labels, ignore_index)
 
 
-def softmax_cross_entropy(logits: Tensor, labels: Tensor, ignore_index: int = -100) -> Tensor:
+def softmax_cross_entropy(logits: Tensor, labels: Tensor, ignore_index: int = IGNORE_INDEX) -> Tensor:
     """Per-token softmax CE in float64 (0 at ignored tokens)."""
     return _per_token_loss(torch.log_softmax(logits.double(), dim=-1), labels, ignore_index)
 
 
 def act_loss_head_reference(
-    logits: Tensor, labels: Tensor, q_halt_logits: Tensor, ignore_index: int = -100, loss_type: str = "stablemax"
+    logits: Tensor, labels: Tensor, q_halt_logits: Tensor, ignore_index: int = IGNORE_INDEX, loss_type: str = "stablemax"
 ) -> dict[str, Tensor]:
     per_token = (stablemax_cross_entropy if loss_type == "stablemax" else softmax_cross_entropy)(
         logits, labels, ignore_index
@@ -175,7 +176,7 @@ def act_loss_head(
     logits: Tensor,
     labels: Tensor,
     q_halt_logits: Tensor,
-    ignore_index: int = -100,
+    ignore_index: int = IGNORE_INDEX,
     loss_type: str = "stablemax",
     backend: str | None = None,
 ) -> dict[str, Tensor]:
@@ -184,6 +185,13 @@ def act_loss_head(
     chosen = resolve(logits.device, backend, has_cuda_kernel=True)
     if chosen == "torch":
         return act_loss_head_reference(logits, labels, q_halt_logits, ignore_index, loss_type)
+    if chosen == "triton":
+        from trm_fast.kernels.loss_head import MAX_VOCAB
+
+        if logits.shape[-1] > MAX_VOCAB:
+            raise ValueError(
+                f"act_loss_head: vocab {logits.shape[-1]} exceeds the Triton kernel's limit {MAX_VOCAB} (use backend='torch')"
+            )
     lm_loss, q_halt_loss, accuracy, seq_correct, count = _forward_op(
         logits.contiguous(), labels.contiguous(), q_halt_logits.contiguous(), int(ignore_index), loss_type, chosen
     )

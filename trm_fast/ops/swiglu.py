@@ -83,4 +83,9 @@ def swiglu(gate_up: Tensor, dim: int = -1, backend: str | None = None) -> Tensor
         return swiglu_reference(gate_up, dim)
     if not gate_up.is_contiguous():
         raise ValueError(f"swiglu: backend {chosen!r} needs a contiguous gate_up (or use backend='torch')")
+    from trm_fast.kernels.swiglu import fits_grid, split_shape
+
+    _, half = split_shape(gate_up.shape, dim)
+    if not fits_grid(half):
+        raise ValueError(f"swiglu: {half} elements per gate/up half exceed the Triton kernel's grid (use backend='torch')")
     return _forward_op(gate_up, dim, chosen)
