@@ -1,18 +1,15 @@
-"""Whole training / evaluation steps for each engine, built only from public pieces of trm_fast.
+"""Whole training / evaluation steps for each engine: the trainer's own code, built from the presets.
 
-One training supervision step, identical for every engine except where stated:
-    carry, outputs = model(carry, batch)                           (ACT: refill halted slots, recurse)
-    losses = act_loss_head(logits, labels, q_halt_logits)          (LM + Q-halt loss, metrics)
-    ((losses.lm_loss.sum() + 0.5 * losses.q_halt_loss.sum()) / B).backward()
-    adam_atan2_ema_step_(all parameters, EMA copy)                 (AdamATan2 + EMA)
-    sign_sgd_rows_(puzzle table, local_ids, local_rows.grad)       (sparse puzzle embedding)
-The carry is written back into fixed tensors so a CUDA graph can replay the step.
+A training step is `trm_fast.train.step.TrainStep` (what `trm-fast train` runs: micro-batches with
+their ACT carries, the ACT loss with Q-halt/Q-continue, AdamATan2 with the fused EMA, sign-SGD of
+the puzzle rows), built by `build_train_step` from `config.preset(...)` plus overrides; with CUDA
+graphs it is wrapped in the trainer's `GraphedStep`. Evaluation is the trainer's `evaluate`.
 
-Engines (`ENGINE_NAMES`):
-    reference           TRM (reference.py) eager; every op backend "torch" (plain PyTorch)
-    reference_compiled  the same with model + loss under torch.compile (how the reference project runs)
-    fast_<backend>      FastTRM (fast.py) eager with all fused ops on <backend> (torch | triton | cuda)
-    fast_<backend>_graphs  the fast step captured whole in one CUDA graph (GPU only)
+Engines (`ENGINE_NAMES`) are config overrides of the same step:
+    reference           engine=reference, every op backend "torch" (plain PyTorch)
+    reference_compiled  the same with compile=true (how the reference project runs)
+    fast_<backend>      engine=fast, backend=<backend> (torch | triton | cuda)
+    fast_<backend>_graphs  the fast step captured whole in one CUDA graph (cuda_graphs=true, GPU only)
 """
 from __future__ import annotations
 
@@ -23,30 +20,48 @@ from typing import Callable, Optional
 
 import torch
 
-from trm_fast.cuda_graphs import zero_grads_
+from trm_fast import config as config_lib
+from trm_fast import memory as memory_lib
+from trm_fast.config import TrainConfig
 from trm_fast.flops import eval_step_flops, train_step_flops
-from trm_fast.model.fast import FastTRM
-from trm_fast.model.reference import TRM, TRMConfig
-from trm_fast.ops import BackendUnavailable, act_loss_head, adam_atan2_ema_step_, resolve_backend_name, sign_sgd_rows_
+from trm_fast.model import TRMConfig
+from trm_fast.ops import BackendUnavailable, resolve_backend_name
 from trm_fast.ops._backend import resolve, triton_runs_on
-
-# Paper hyper-parameters (Sudoku-Extreme / Maze-Hard runs of the reference project).
-LR = 1e-4
-PUZZLE_EMB_LR = 1e-4
-BETAS = (0.9, 0.95)
-WEIGHT_DECAY = 1.0
-PUZZLE_EMB_WEIGHT_DECAY = 1.0
-EMA_DECAY = 0.999
+from trm_fast.train.evaluate import evaluate
+from trm_fast.train.step import build_train_step
 
 
 # ----------------------------------------------------------------------------- configurations
 @dataclass(frozen=True)
+class DataShape:
+    vocab_size: int
+    seq_len: int
+    num_puzzle_identifiers: int = 1
+
+
+SUDOKU, MAZE_30, MAZE_6 = DataShape(11, 81), DataShape(6, 900), DataShape(6, 36)
+
+
+@dataclass(frozen=True)
 class BenchCase:
-    """A model configuration and the batch it is benchmarked with."""
+    """A training config (a preset plus overrides) and the shape of the data it is benchmarked on."""
 
     name: str
-    config: TRMConfig
-    batch_size: int
+    train_config: TrainConfig
+    data: DataShape
+
+    @property
+    def config(self) -> TRMConfig:
+        data = self.data
+        return config_lib.model_config(self.train_config, data.vocab_size, data.seq_len, data.num_puzzle_identifiers)
+
+    @property
+    def batch_size(self) -> int:
+        return self.train_config.global_batch_size
+
+    def micro_batch_size(self, device: torch.device) -> int:
+        """The micro-batch the trainer would pick on `device` (one process)."""
+        return memory_lib.micro_batch_for(self.config, self.train_config, self.batch_size, device)[0]
 
     @property
     def tokens_per_step(self) -> int:
@@ -61,36 +76,38 @@ class BenchCase:
         return self.config.halt_max_steps * eval_step_flops(self.config, self.batch_size)
 
 
-_SUDOKU = dict(vocab_size=11, seq_len=81, num_heads=8, h_cycles=3, l_cycles=6, puzzle_emb_len=16)
-_MAZE = dict(vocab_size=6, seq_len=900, num_heads=8, h_cycles=3, l_cycles=4, puzzle_emb_len=16)
-_VARIANTS = {
-    "sudoku_mlp": dict(_SUDOKU, mlp_t=True, pos_encodings="none"),
-    "sudoku_att": dict(_SUDOKU, pos_encodings="rope"),
-    "maze_att": dict(_MAZE, pos_encodings="rope"),
+# The paper's Sudoku runs differ from the Maze-Hard preset only in these fields (reference project:
+# arch/trm.yaml with L_cycles=6; the MLP variant with mlp_t and no positional encoding).
+_SUDOKU_OVERRIDES = ["model.l_cycles=6"]
+_CASES = {
+    "sudoku_mlp": ("maze-paper", _SUDOKU_OVERRIDES + ["model.mlp_t=true", "model.pos_encodings=none"], SUDOKU),
+    "sudoku_att": ("maze-paper", _SUDOKU_OVERRIDES, SUDOKU),
+    "maze_att": ("maze-paper", [], MAZE_30),
+    "maze_cpu_preset": ("maze-cpu", [], MAZE_6),  # the CPU training preset at its real size
 }
-# The maze-cpu training preset itself (trm_fast.config): the CPU target is measured on it.
-_MAZE_CPU_PRESET = dict(vocab_size=6, seq_len=36, hidden_size=64, num_heads=4, h_cycles=2, l_cycles=2,
-                        puzzle_emb_ndim=64, puzzle_emb_len=1, halt_max_steps=8, pos_encodings="rope")
-CASE_NAMES = tuple(_VARIANTS) + ("maze_cpu_preset",)
+CASE_NAMES = tuple(_CASES)
+# Scaled down for CPU (fp32): width 64, 2 heads, T=2, n=1, short grids, batch 8. Same code paths.
+_TINY_OVERRIDES = ["model.hidden_size=64", "model.num_heads=2", "model.puzzle_emb_len=2", "model.h_cycles=2",
+                   "model.l_cycles=1", "model.forward_dtype=float32", "global_batch_size=8"]
+
+
+def _case(name: str, extra: list[str], data: DataShape) -> BenchCase:
+    preset_name, overrides, _ = _CASES[name]
+    cfg = config_lib.apply_overrides(config_lib.preset(preset_name), overrides + extra)
+    return BenchCase(name, cfg, data)
 
 
 def paper_case(name: str) -> BenchCase:
-    """The paper's sizes in bf16. Sudoku: global batch 768 on one GPU. Maze: the reference trains it
-    on 4 GPUs with global batch 768, so one GPU's share (192) is the per-device workload."""
-    if name == "maze_cpu_preset":
-        return BenchCase(name, TRMConfig(**_MAZE_CPU_PRESET, forward_dtype="bfloat16"), 64)
-    config = TRMConfig(**_VARIANTS[name], hidden_size=512, puzzle_emb_ndim=512, forward_dtype="bfloat16")
-    return BenchCase(name, config, 192 if name.startswith("maze") else 768)
+    """The preset at the paper's sizes (bf16, global batch 768, micro-batches as the trainer picks)."""
+    return _case(name, [], _CASES[name][2])
 
 
 def tiny_case(name: str) -> BenchCase:
-    """Scaled down for CPU (fp32): width 64, 2 heads, T=2, n=1, short grids, batch 8. Same code paths.
-    maze_cpu_preset is the CPU training preset at its real size (6x6 mazes, batch 64)."""
+    """Small enough for CPU; maze_cpu_preset stays the CPU training preset at its real size."""
     if name == "maze_cpu_preset":
-        return BenchCase(name, TRMConfig(**_MAZE_CPU_PRESET), 64)
-    values = dict(_VARIANTS[name], hidden_size=64, num_heads=2, puzzle_emb_ndim=64, puzzle_emb_len=2)
-    values.update(h_cycles=2, l_cycles=1, seq_len=36 if name.startswith("maze") else 16)
-    return BenchCase(name, TRMConfig(**values), 8)
+        return paper_case(name)
+    data = _CASES[name][2]
+    return _case(name, _TINY_OVERRIDES, DataShape(data.vocab_size, 36 if name.startswith("maze") else 16))
 
 
 def make_batch(config: TRMConfig, batch_size: int, device, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -162,78 +179,43 @@ def release_memory(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def build_model(spec: EngineSpec, config: TRMConfig, device: torch.device, seed: int = 0) -> TRM:
-    torch.manual_seed(seed)
-    model = TRM(config) if spec.model == "reference" else FastTRM(config, backend=spec.backend)
-    return model.to(device)
+def engine_config(spec: EngineSpec, case: BenchCase) -> TrainConfig:
+    """The case's training config with the engine's overrides (compilation is applied by the engine)."""
+    return config_lib.apply_overrides(config_lib.from_dict(config_lib.to_dict(case.train_config)), [
+        f"engine={spec.model}", f"backend={spec.backend}", "compile=false", f"cuda_graphs={spec.cuda_graphs}",
+    ])
 
 
 class TrainEngine:
-    """One engine's whole training supervision step on a fixed batch; `step()` runs one (synchronised)."""
+    """The trainer's step for one engine on a fixed batch; `step()` runs one (synchronised)."""
 
     def __init__(
         self, spec: EngineSpec, case: BenchCase, device: torch.device, seed: int = 0, warmup_steps: int = 2,
         compile_backend: str = "inductor",
     ):
         self.spec, self.case, self.device = spec, case, device
-        self.model = build_model(spec, case.config, device, seed).train()
+        cfg = engine_config(spec, case)
+        self.train_step = build_train_step(cfg, case.config, device, micro_batch_size=case.micro_batch_size(device))
+        if spec.compiled:  # cfg.compile, with the profile's compiler backend (aot_eager in the tiny profile)
+            self.train_step.forward = torch.compile(self.train_step.model, backend=compile_backend)
+        self.train_step.set_learning_rates(cfg.lr, cfg.puzzle_emb_lr)
         self.batch = make_batch(case.config, case.batch_size, device, seed)
-        self.carry = self.model.initial_carry(self.batch)
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.exp_avgs = [torch.zeros_like(p) for p in self.params]
-        self.exp_avg_sqs = [torch.zeros_like(p) for p in self.params]
-        self.ema_params = [p.detach().clone() for p in self.params]
-        # Device tensors, updated in place: a graph replay reads them without host syncs.
-        self.step_count = torch.zeros((), dtype=torch.float32, device=device)
-        self.lr = torch.full((), LR, dtype=torch.float32, device=device)
-        self.puzzle_lr = torch.full((), PUZZLE_EMB_LR, dtype=torch.float32, device=device)
-        self.forward_and_loss = self._forward_and_loss
-        if spec.compiled:
-            self.forward_and_loss = torch.compile(self._forward_and_loss, backend=compile_backend)
-        self.run = self._step
+        self.run = self.train_step
         if spec.cuda_graphs:
             from trm_fast.cuda_graphs import GraphedStep
 
             # Warm-up (eager, side stream) happens in GraphedStep's first calls; the capture follows.
-            self.run = GraphedStep(self._step, warmup_steps=max(1, warmup_steps))
+            self.run = GraphedStep(self.train_step, warmup_steps=max(1, warmup_steps))
 
-    def _forward_and_loss(self, carry, batch):
-        new_carry, outputs = self.model(carry, batch)
-        labels = new_carry.current_data["labels"]
-        losses = act_loss_head(outputs["logits"], labels, outputs["q_halt_logits"], backend=self.spec.backend)
-        total = (losses["lm_loss"].sum() + 0.5 * losses["q_halt_loss"].sum()) / labels.shape[0]
-        return new_carry, total, losses
-
-    def _step(self, batch: dict) -> dict:
-        backend = self.spec.backend
-        puzzle_emb = self.model.inner.puzzle_emb
-        # In place, never None: captured graphs and the fused optimizer keep the gradients' addresses.
-        zero_grads_(self.params + ([puzzle_emb.local_rows] if puzzle_emb is not None else []))
-        new_carry, total, losses = self.forward_and_loss(self.carry, batch)
-        total.backward()
-        self.carry.copy_(new_carry)
-        with torch.no_grad():
-            self.step_count += 1
-            adam_atan2_ema_step_(
-                self.params, [p.grad for p in self.params], self.exp_avgs, self.exp_avg_sqs, self.ema_params,
-                step=self.step_count, lr=self.lr, beta1=BETAS[0], beta2=BETAS[1], weight_decay=WEIGHT_DECAY,
-                ema_decay=EMA_DECAY, backend=backend,
-            )
-            if puzzle_emb is not None and puzzle_emb.local_rows.grad is not None:
-                sign_sgd_rows_(
-                    puzzle_emb.weights, puzzle_emb.local_ids, puzzle_emb.local_rows.grad, self.puzzle_lr,
-                    PUZZLE_EMB_WEIGHT_DECAY, backend=backend,
-                )
-        return {"loss": total.detach(), "seq_correct": losses["seq_correct"]}
-
-    def step(self) -> dict:
-        outputs = self.run(self.batch)
+    def step(self) -> torch.Tensor:
+        """The metric sums of the step (trm_fast.train.losses.METRIC_NAMES)."""
+        metric_sums = self.run(self.batch)
         sync(self.device)
-        return outputs
+        return metric_sums
 
 
 class EvalEngine:
-    """Evaluation of one batch: a fresh carry, all 16 supervision steps, then the loss head's metrics."""
+    """The trainer's evaluation of one batch: a fresh carry, all supervision steps, then the metrics."""
 
     def __init__(
         self, spec: EngineSpec, case: BenchCase, device: torch.device, seed: int = 0, compile_backend: str = "inductor"
@@ -241,21 +223,16 @@ class EvalEngine:
         if spec.cuda_graphs:
             raise ValueError("the evaluation benchmark has no CUDA-graph engine")
         self.spec, self.case, self.device = spec, case, device
-        self.model = build_model(spec, case.config, device, seed).eval()
+        cfg = engine_config(spec, case)
+        self.model = build_train_step(cfg, case.config, device).model.eval()
         self.batch = make_batch(case.config, case.batch_size, device, seed)
+        self.batch["valid"] = torch.ones(case.batch_size, dtype=torch.bool, device=device)
         # Compiled per supervision step (as the reference runs its model), not the unrolled 16 steps.
         self.forward = torch.compile(self.model, backend=compile_backend) if spec.compiled else self.model
+        self.loss_type, self.backend = cfg.loss_type, cfg.backend
 
-    @torch.no_grad()
     def step(self) -> dict:
-        carry = self.model.initial_carry(self.batch)
-        for _ in range(self.case.config.halt_max_steps):
-            carry, outputs = self.forward(carry, self.batch)
-        metrics = act_loss_head(
-            outputs["logits"], carry.current_data["labels"], outputs["q_halt_logits"], backend=self.spec.backend
-        )
-        sync(self.device)
-        return metrics
+        return evaluate(self.forward, [self.batch], self.device, loss_type=self.loss_type, backend=self.backend, prefix="")
 
 
 # ----------------------------------------------------------------------------- measuring

@@ -56,9 +56,11 @@ def shapes_for(profile) -> Shapes:
     if profile.on_gpu:
         sudoku, maze = paper_case("sudoku_att"), paper_case("maze_att")
         config = sudoku.config
-        return Shapes(sudoku.batch_size, config.total_len, config.hidden_size, config.num_heads,
+        # Each op sees one micro-batch of the trainer's step (the whole batch where it fits).
+        device = profile.device
+        return Shapes(sudoku.micro_batch_size(device), config.total_len, config.hidden_size, config.num_heads,
                       swiglu_width(config.hidden_size, config.expansion), swiglu_width(config.total_len, config.expansion),
-                      config.vocab_size, maze.batch_size, maze.config.total_len)
+                      config.vocab_size, maze.micro_batch_size(device), maze.config.total_len)
     # Odd sizes on purpose (rows 2*17, seq 17), head_dim 64 so the fused linear kernels apply.
     return Shapes(batch=2, seq=17, width=128, heads=2, inner=96, token_inner=32, vocab=11, attn_batch=1, attn_seq=33)
 

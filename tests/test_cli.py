@@ -45,12 +45,34 @@ def test_train_eval_solve(trained_run, capsys):
     out = capsys.readouterr().out
     assert "exact accuracy" in out and "token accuracy" in out and "8 examples" in out
 
-    assert main(["solve", "--checkpoint", str(run_dir), "--index", "2", "--steps", "--device", "cpu"]) == 0
+    assert main(["solve", "--checkpoint", str(run_dir), "--index", "2", "--steps", "--device", "cpu", "--backend", "torch"]) == 0
     out = capsys.readouterr().out
     assert "question:" in out and "after step 1" in out and "after step 2" in out
     assert "model answer after 3 steps" in out
     assert ("CORRECT" in out) != ("WRONG" in out)
     assert "S" in out and "G" in out  # the maze is drawn with its characters
+
+
+@pytest.mark.parametrize("engine, backend", [("fast", "torch"), ("fast", "triton"), ("reference", None)])
+def test_eval_and_solve_run_the_chosen_engine_and_backend(trained_run, engine, backend):
+    import argparse
+
+    from trm_fast.cli import load_model_for_eval
+    from trm_fast.model import FastTRM
+
+    args = argparse.Namespace(checkpoint=str(trained_run / "run"), data=None, model_set=None, engine=engine, backend=backend)
+    model, _source, description = load_model_for_eval(args, torch.device("cpu"))
+    assert isinstance(model, FastTRM) == (engine == "fast") and f"engine {engine}" in description
+    if engine == "fast":
+        assert model.backend == backend
+
+
+def test_eval_engines_agree(trained_run, capsys):
+    lines = []
+    for engine in ("reference", "fast"):
+        assert main(["eval", "--checkpoint", str(trained_run / "run"), "--engine", engine, "--backend", "torch"]) == 0
+        lines.append(capsys.readouterr().out.splitlines()[-1])
+    assert lines[0].startswith("exact accuracy") and lines[0] == lines[1]
 
 
 def test_eval_on_a_maze_csv_matches_the_folder(trained_run, tmp_path, capsys):
@@ -82,7 +104,7 @@ def test_resume_extends_a_finished_run(trained_run, capsys):
     (["eval"], "--checkpoint"),
     (["eval", "--checkpoint", "/nonexistent/ckpt.pt"], "not found"),
     (["frobnicate"], "invalid choice"),
-    (["eval", "--checkpoint", "x.pt", "--model-set", "depth=3"], "unknown model field 'depth'"),
+    (["eval", "--checkpoint", "x.pt", "--model-set", "depth=3"], "unknown config field 'depth'"),
 ])
 def test_bad_arguments_give_one_line(argv, expected, capsys):
     assert main(argv) == 2
@@ -119,12 +141,12 @@ def test_reference_state_dict_checkpoint_evaluates(trained_run, tmp_path, capsys
     reference_file = tmp_path / "step_3"
     torch.save({f"_orig_mod.model.{k}": v for k, v in payload["ema_model"].items()}, reference_file)
     data_dir = payload["data"]["dir"]
-    argv = ["eval", "--checkpoint", str(reference_file), "--data", data_dir, "--device", "cpu",
+    argv = ["eval", "--checkpoint", str(reference_file), "--data", data_dir, "--device", "cpu", "--backend", "torch",
             "--model-set", "h_cycles=2", "--model-set", "l_cycles=1", "--model-set", "halt_max_steps=3",
             "--model-set", "puzzle_emb_len=1", "--model-set", "num_heads=2"]
     assert main(argv) == 0
     reference_out = capsys.readouterr().out
-    assert main(["eval", "--checkpoint", str(trained_run / "run"), "--device", "cpu"]) == 0
+    assert main(["eval", "--checkpoint", str(trained_run / "run"), "--device", "cpu", "--backend", "torch"]) == 0
     ours_out = capsys.readouterr().out
     pick = lambda text: [line for line in text.splitlines() if line.startswith("exact accuracy")]  # noqa: E731
     assert pick(reference_out) == pick(ours_out)  # same weights, same numbers
@@ -162,4 +184,4 @@ def test_gpu_out_of_memory_is_one_line_with_a_remedy(monkeypatch, capsys):
     code = cli.main(["train", "--dataset", "maze"])
     error = capsys.readouterr().err.strip()
     assert code == 2
-    assert error.count("\n") == 0 and "out of GPU memory" in error and "global_batch_size" in error
+    assert error.count("\n") == 0 and "out of GPU memory" in error and "micro_batch_size" in error

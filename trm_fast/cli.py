@@ -34,12 +34,11 @@ class _Parser(argparse.ArgumentParser):
 def _expected_errors() -> tuple[type, ...]:
     from trm_fast.config import ConfigError
     from trm_fast.data.errors import DataError
-    from trm_fast.model.compat import CheckpointError as CompatCheckpointError
+    from trm_fast.model.compat import CheckpointError
     from trm_fast.ops._backend import BackendUnavailable
-    from trm_fast.train.checkpoint import CheckpointError
 
     # OSError: unreadable/unwritable paths, full disks (the message names the path).
-    return (UsageError, ConfigError, DataError, CheckpointError, CompatCheckpointError, BackendUnavailable, OSError)
+    return (UsageError, ConfigError, DataError, CheckpointError, BackendUnavailable, OSError)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -104,41 +103,17 @@ def cmd_train(args) -> int:
 # eval / solve
 
 
-def _parse_model_sets(items: list[str]) -> dict:
-    """--model-set h_cycles=3: TRMConfig fields the weights cannot tell (reference checkpoints)."""
-    import typing
-
-    from trm_fast.model.reference import TRMConfig
-
-    hints = typing.get_type_hints(TRMConfig)
-    known = {}
-    for item in items or []:
-        if "=" not in item:
-            raise UsageError(f"--model-set {item!r} is not of the form field=value")
-        name, text = (part.strip() for part in item.split("=", 1))
-        if name not in hints:
-            raise UsageError(f"--model-set: unknown model field {name!r} (fields: {', '.join(hints)})")
-        kind = hints[name]
-        try:
-            if kind is bool:
-                if text.lower() not in ("true", "false", "1", "0"):
-                    raise ValueError
-                known[name] = text.lower() in ("true", "1")
-            else:
-                known[name] = kind(text)
-        except ValueError:
-            raise UsageError(f"--model-set {name}: expected {getattr(kind, '__name__', kind)}, got {text!r}") from None
-    return known
-
-
-def load_model_for_eval(checkpoint: str, data_path: Optional[str], model_sets: list[str], device):
-    """(model in eval mode, eval data source, description of the checkpoint)."""
-    from trm_fast.model.compat import infer_config, load_any_state_dict, load_model_weights
-    from trm_fast.model.reference import TRM, TRMConfig
-    from trm_fast.train.checkpoint import CheckpointError, latest_checkpoint
+def load_model_for_eval(args, device):
+    """(model in eval mode on the chosen engine and backend, eval data source, description of the
+    checkpoint) from the `eval`/`solve` arguments."""
+    from trm_fast import config as config_lib
+    from trm_fast.model import TRMConfig, make_model
+    from trm_fast.model.compat import CheckpointError, infer_config, load_any_state_dict, load_model_weights
+    from trm_fast.train.checkpoint import latest_checkpoint
     from trm_fast.train.data import open_eval_source
 
-    known = _parse_model_sets(model_sets)
+    checkpoint, data_path = args.checkpoint, args.data
+    known = config_lib.parse_fields(TRMConfig, args.model_set or [])
     path = Path(checkpoint)
     if path.is_dir():
         found = latest_checkpoint(path)
@@ -168,11 +143,12 @@ def load_model_for_eval(checkpoint: str, data_path: Optional[str], model_sets: l
             f"{source.name}: vocabulary {source.metadata.vocab_size} / sequence length {source.metadata.seq_len} "
             f"do not match the model's {config.vocab_size} / {config.seq_len}"
         )
-    model = TRM(config)
+    model = make_model(config, args.engine, args.backend)
     load_model_weights(model, state_dict, source=str(path))
     model.to(device).eval()
     step = meta.get("step")
-    description = f"{path}" + (f" (step {step})" if step is not None else "") + f", {meta.get('format', '?')} format"
+    description = (f"{path}" + (f" (step {step})" if step is not None else "") + f", {meta.get('format', '?')} format, "
+                   f"engine {args.engine}")
     return model, source, description
 
 
@@ -186,7 +162,7 @@ def cmd_eval(args) -> int:
     from trm_fast.train.evaluate import evaluate
 
     device = _device(args.device)
-    model, source, description = load_model_for_eval(args.checkpoint, args.data, args.model_set, device)
+    model, source, description = load_model_for_eval(args, device)
     started = time.monotonic()
     batch_size = args.batch_size or 256
     metrics = evaluate(model, source.batches(batch_size, args.limit), device, loss_type=args.loss_type,
@@ -202,10 +178,11 @@ def cmd_eval(args) -> int:
 def cmd_solve(args) -> int:
     import torch
 
+    from trm_fast.ops.loss_head import IGNORE_INDEX
     from trm_fast.train.evaluate import batch_to_device, run_all_steps
 
     device = _device(args.device)
-    model, source, description = load_model_for_eval(args.checkpoint, args.data, args.model_set, device)
+    model, source, description = load_model_for_eval(args, device)
     if not 0 <= args.index < source.num_examples:
         raise UsageError(f"--index {args.index} is out of range: {source.name} has {source.num_examples} examples")
     example = source.example(args.index)
@@ -217,7 +194,7 @@ def cmd_solve(args) -> int:
 
     run_all_steps(model, batch, on_step=record)
     labels = example["labels"]
-    labelled = labels != -100
+    labelled = labels != IGNORE_INDEX
     print(f"checkpoint {description}")
     print(f"example {args.index} of {source.name}")
     print("question:")
@@ -273,7 +250,10 @@ def make_parser() -> argparse.ArgumentParser:
         sub.add_argument("--data", default=None,
                          help="dataset folder (test split) or maze CSV; default: the checkpoint's training data")
         sub.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-        sub.add_argument("--backend", choices=("auto", "torch", "triton", "cuda"), default=None)
+        sub.add_argument("--engine", choices=("fast", "reference"), default="fast",
+                         help="fast (fused ops, default) or reference (the plain spec model)")
+        sub.add_argument("--backend", choices=("auto", "torch", "triton", "cuda"), default=None,
+                         help="implementation of the fast engine's fused ops (default: auto)")
         sub.add_argument("--model-set", action="append", metavar="FIELD=VALUE",
                          help="model settings the weights cannot tell (reference checkpoints), e.g. l_cycles=4")
         if name == "eval":
@@ -304,8 +284,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         import torch
 
         if isinstance(error, torch.cuda.OutOfMemoryError) and not debug:
-            print(f"{PROG}: error: out of GPU memory; lower the batch (--set global_batch_size=N) or spread it "
-                  "over more GPUs with torchrun (the last checkpoint, if any, is intact: --resume)", file=sys.stderr)
+            print(f"{PROG}: error: out of GPU memory; split the batch further (--set micro_batch_size=N keeps the "
+                  "global batch), add --set recompute=true, or spread it over more GPUs with torchrun "
+                  "(the last checkpoint, if any, is intact: --resume)", file=sys.stderr)
             return 2
         if debug or not isinstance(error, _expected_errors()):
             raise

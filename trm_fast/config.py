@@ -18,31 +18,27 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
+from trm_fast.model.reference import TRMConfig
+
 
 class ConfigError(ValueError):
     """A bad configuration field or value; the message is one line meant for the user."""
 
 
-@dataclass
-class ModelSettings:
-    """Architecture hyperparameters of the TRM (everything in TRMConfig the data does not decide)."""
-
-    hidden_size: int = 512
-    num_heads: int = 8
-    expansion: float = 4.0
-    num_layers: int = 2
-    h_cycles: int = 3  # T
-    l_cycles: int = 4  # n (4 for Maze and ARC, 6 for Sudoku in the reference)
-    pos_encodings: str = "rope"
-    rope_theta: float = 10000.0
-    rms_norm_eps: float = 1e-5
-    puzzle_emb_ndim: Optional[int] = None  # None = hidden_size (the reference); 0 disables it
-    puzzle_emb_len: int = 16
-    mlp_t: bool = False
-    halt_max_steps: int = 16
-    halt_exploration_prob: float = 0.1
-    no_act_continue: bool = True
-    forward_dtype: str = "bfloat16"
+# The architecture fields of a run: TRMConfig's own fields and defaults (one definition), less those
+# the data decides when the model is built.
+DATA_FIELDS = ("vocab_size", "seq_len", "num_puzzle_identifiers")
+ModelSettings = dataclasses.make_dataclass(
+    "ModelSettings",
+    [
+        (f.name, hint, field(default=f.default))
+        for f in dataclasses.fields(TRMConfig)
+        for hint in [typing.get_type_hints(TRMConfig)[f.name]]
+        if f.name not in DATA_FIELDS
+    ],
+)
+ModelSettings.__module__ = __name__
+ModelSettings.__doc__ = "TRMConfig's architecture fields (everything but DATA_FIELDS), with its defaults."
 
 
 @dataclass
@@ -69,6 +65,11 @@ class TrainConfig:
     # Length of training: `epochs` as in the reference (sets the schedule's length), bounded further
     # by max_steps and max_minutes (per invocation).
     global_batch_size: int = 768
+    # Each process splits its share of the global batch into micro-batches of this size (each with
+    # its own ACT carry, gradients accumulated, one optimizer step per global batch). None = the
+    # whole share on CPU; on CUDA the largest that fits (activation estimate vs free memory).
+    micro_batch_size: Optional[int] = None
+    recompute: bool = False  # recompute the gradient cycle's activations in backward (fast engine)
     epochs: int = 50000
     max_steps: Optional[int] = None
     max_minutes: Optional[float] = None
@@ -101,6 +102,8 @@ class TrainConfig:
     engine: str = "fast"  # fast (fused recursion) | reference (the readable spec model)
     backend: str = "auto"  # auto | torch | triton | cuda (fused ops)
     compile: bool = False  # torch.compile the model
+    # Op 7 (injection sum in the matmul prologue) in the fast engine; off until a GPU shows it wins.
+    fused_linear: bool = False
     # Capture the whole training step in one CUDA graph (single GPU process). Off by default until
     # it has been verified on hardware: see the GPU report in bench/results.
     cuda_graphs: bool = False
@@ -238,6 +241,26 @@ def _unknown_field(path: str, name: str, candidates) -> ConfigError:
     return ConfigError(f"unknown config field {path!r}{hint}")
 
 
+def split_assignment(item: str) -> tuple[str, str]:
+    """"field=value" -> ("field", "value")."""
+    if "=" not in item:
+        raise ConfigError(f"{item!r} is not of the form field=value")
+    path, text = item.split("=", 1)
+    return path.strip(), text
+
+
+def parse_fields(cls, items: list[str]) -> dict[str, Any]:
+    """{"field": value} of a flat dataclass `cls` from ["field=value", ...], typed and checked."""
+    hints = _field_types(cls)
+    values = {}
+    for item in items:
+        name, text = split_assignment(item)
+        if name not in hints:
+            raise _unknown_field(name, name, hints)
+        values[name] = _parse_value(name, text, hints[name])
+    return values
+
+
 def set_field(cfg: TrainConfig, path: str, text: str) -> None:
     """Set cfg.<path> (dotted) from its string form, checking the name and type."""
     parts = path.split(".")
@@ -264,10 +287,7 @@ def set_field(cfg: TrainConfig, path: str, text: str) -> None:
 def apply_overrides(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:
     """Apply ["a.b=value", ...] in order; raises ConfigError on a bad name, type or value."""
     for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} is not of the form field=value")
-        path, text = item.split("=", 1)
-        set_field(cfg, path.strip(), text)
+        set_field(cfg, *split_assignment(item))
     validate(cfg)
     return cfg
 
@@ -283,6 +303,10 @@ def validate(cfg: TrainConfig) -> None:
         value = get_field(cfg, path)
         need(value in allowed, f"{path}: expected one of {', '.join(allowed)}, got {value!r}")
     need(cfg.global_batch_size >= 1, f"global_batch_size must be >= 1, got {cfg.global_batch_size}")
+    need(cfg.micro_batch_size is None or cfg.micro_batch_size >= 1,
+         f"micro_batch_size must be >= 1 or none, got {cfg.micro_batch_size}")
+    for option in ("recompute", "fused_linear"):
+        need(not getattr(cfg, option) or cfg.engine == "fast", f"{option}=true needs engine=fast (the reference is the plain spec)")
     need(cfg.epochs >= 1, f"epochs must be >= 1, got {cfg.epochs}")
     need(cfg.max_steps is None or cfg.max_steps >= 0, f"max_steps must be >= 0, got {cfg.max_steps}")
     need(cfg.max_minutes is None or cfg.max_minutes > 0, f"max_minutes must be > 0, got {cfg.max_minutes}")
@@ -370,10 +394,11 @@ def load_json(path) -> TrainConfig:
     return from_dict(values)
 
 
-def model_config_dict(cfg: TrainConfig, vocab_size: int, seq_len: int, num_puzzle_identifiers: int) -> dict:
-    """The TRMConfig fields for this training config and dataset."""
+def model_config(cfg: TrainConfig, vocab_size: int, seq_len: int, num_puzzle_identifiers: int = 1) -> TRMConfig:
+    """The TRMConfig of this training config for data of this shape."""
     values = dataclasses.asdict(cfg.model)
-    if values["puzzle_emb_ndim"] is None:
-        values["puzzle_emb_ndim"] = cfg.model.hidden_size
     values.update(vocab_size=vocab_size, seq_len=seq_len, num_puzzle_identifiers=num_puzzle_identifiers)
-    return values
+    try:
+        return TRMConfig.from_dict(values)
+    except ValueError as error:
+        raise ConfigError(f"model config: {error}") from None

@@ -75,7 +75,7 @@ def compare(config, backend, rel):
     for name, param in fast.named_parameters():
         assert param.grad is not None, name
         assert_close_scaled(param.grad, ref_params[name].grad, rel, name)
-    assert_close_scaled(fast.inner.puzzle_emb.local_rows.grad, reference.inner.puzzle_emb.local_rows.grad, rel, "puzzle rows")
+    assert_close_scaled(fast_carry.puzzle_rows.values.grad, ref_carry.puzzle_rows.values.grad, rel, "puzzle rows")
 
 
 def test_recursion_plan_matches_the_reference_schedule():
@@ -144,41 +144,26 @@ def test_compiles_without_graph_breaks(backend):
     assert fast.inner.lm_head.weight.grad is not None
 
 
-def train_losses(model, batches, steps):
-    """A plain deep-supervision loop: stable-max loss, AdamATan2 + EMA, sign-SGD puzzle rows."""
-    from trm_fast.ops import act_loss_head, adam_atan2_ema_step_, sign_sgd_rows_
+def train_losses(engine: str, model_config: TRMConfig, batches, steps):
+    """The trainer's own step (TrainStep: stable-max ACT loss, AdamATan2 + EMA, sign-SGD puzzle rows)
+    built from the CPU preset; returns the loss of every step."""
+    from trm_fast import config as config_lib
+    from trm_fast.train.losses import summarise
+    from trm_fast.train.step import build_train_step
 
-    params = list(model.parameters())
-    moments = [torch.zeros_like(p) for p in params], [torch.zeros_like(p) for p in params]
-    ema = [p.detach().clone() for p in params]
-    carry = model.initial_carry(batches[0])
-    losses = []
-    for step in range(1, steps + 1):
-        batch = batches[step % len(batches)]
-        for p in params:
-            p.grad = None
-        carry, outputs = model(carry, batch)
-        heads = act_loss_head(outputs["logits"], carry.current_data["labels"], outputs["q_halt_logits"], backend="torch")
-        loss = (heads["lm_loss"].sum() + 0.5 * heads["q_halt_loss"].sum()) / batch["inputs"].shape[0]
-        loss.backward()
-        adam_atan2_ema_step_(params, [p.grad for p in params], *moments, ema, step=step, lr=1e-3, beta1=0.9,
-                             beta2=0.95, weight_decay=0.1, ema_decay=0.999, backend="torch")
-        rows = model.inner.puzzle_emb
-        sign_sgd_rows_(rows.weights, rows.local_ids, rows.local_rows.grad, lr=1e-3, weight_decay=0.1, backend="torch")
-        rows.local_rows.grad = None
-        losses.append(loss.item())
-    return torch.tensor(losses)
+    cfg = config_lib.apply_overrides(config_lib.preset("maze-cpu"), [
+        f"engine={engine}", "backend=torch", f"global_batch_size={batches[0]['inputs'].shape[0]}",
+        "weight_decay=0.1", "puzzle_emb_weight_decay=0.1", "ema_rate=0.999",
+    ])
+    step = build_train_step(cfg, model_config, torch.device("cpu"))
+    step.set_learning_rates(1e-3, 1e-3)
+    torch.manual_seed(1)  # same exploration draws for both engines
+    return torch.tensor([summarise(step(batches[index % len(batches)]))["loss"] for index in range(1, steps + 1)])
 
 
 def test_thirty_training_steps_follow_the_reference_loss_curve():
     config = small_config("attention", halt_exploration_prob=0.1)
     batches = [make_batch(config, batch_size=4, seed=seed) for seed in range(5)]
-    curves = []
-    for engine in (TRM, lambda cfg: FastTRM(cfg, backend="torch")):
-        torch.manual_seed(0)
-        model = engine(config).train()
-        torch.manual_seed(1)  # same exploration draws for both engines
-        curves.append(train_losses(model, batches, steps=30))
-    reference_curve, fast_curve = curves
+    reference_curve, fast_curve = (train_losses(engine, config, batches, steps=30) for engine in ("reference", "fast"))
     assert reference_curve[-5:].mean() < reference_curve[:5].mean()  # it is training
     torch.testing.assert_close(fast_curve, reference_curve, rtol=1e-3, atol=1e-4)

@@ -187,13 +187,13 @@ def test_q_continue_target_uses_an_extra_gradient_free_pass():
     model = TRM(config).train()
     calls = count_net_calls(model)
     batch = make_batch(config)
-    _, outputs = model(model.initial_carry(batch), batch)
+    carry, outputs = model(model.initial_carry(batch), batch)
     target = outputs["target_q_continue"]
     assert target.shape == (3,) and not target.requires_grad
     assert torch.all((target > 0) & (target < 1))
     per_step = config.h_cycles * (config.l_cycles + 1)
     assert calls["without_grad"] == per_step + (config.h_cycles - 1) * (config.l_cycles + 1)
-    assert model.inner.puzzle_emb.local_rows.requires_grad  # the extra pass did not replace the rows
+    assert carry.puzzle_rows.values.requires_grad  # the extra pass did not replace the rows
 
 
 @pytest.mark.parametrize("variant", [dict(pos_encodings="learned"), dict(pos_encodings="none"), dict(mlp_t=True, pos_encodings="none")])
@@ -201,11 +201,11 @@ def test_variants_run_and_differentiate(variant):
     config = tiny_config(**variant)
     model = TRM(config).train()
     batch = make_batch(config)
-    _, outputs = model(model.initial_carry(batch), batch)
+    carry, outputs = model(model.initial_carry(batch), batch)
     assert outputs["logits"].shape == (3, config.seq_len, config.vocab_size)
     outputs["logits"].sum().backward()
     assert model.inner.embed_tokens.embedding_weight.grad is not None
-    assert model.inner.puzzle_emb.local_rows.grad.shape == (3, config.puzzle_emb_ndim)
+    assert carry.puzzle_rows.values.grad.shape == (3, config.puzzle_emb_ndim)
 
 
 def test_bad_config_is_rejected_with_a_clear_message():

@@ -62,12 +62,43 @@ def test_json_round_trip(tmp_path):
         config_lib.load_json(tmp_path / "broken.json")
 
 
-def test_model_config_dict_fits_trm_config():
-    from trm_fast.model.reference import TRMConfig
-
-    values = config_lib.model_config_dict(preset("maze-paper"), vocab_size=6, seq_len=900, num_puzzle_identifiers=1)
-    model_config = TRMConfig.from_dict(values)
+def test_model_config_fills_the_data_fields():
+    model_config = config_lib.model_config(preset("maze-paper"), vocab_size=6, seq_len=900, num_puzzle_identifiers=1)
     assert model_config.hidden_size == 512 and model_config.seq_len == 900 and model_config.forward_dtype == "bfloat16"
     assert model_config.puzzle_emb_ndim == 512  # follows hidden_size unless set
     cfg = apply_overrides(preset("maze-cpu"), ["model.hidden_size=96", "model.num_heads=3"])
-    assert config_lib.model_config_dict(cfg, 6, 49, 1)["puzzle_emb_ndim"] == 96
+    assert config_lib.model_config(cfg, 6, 49, 1).puzzle_emb_ndim == 96
+
+
+def test_model_settings_are_trm_config_fields_with_its_defaults():
+    """One definition: the run's architecture settings are TRMConfig's, less what the data decides."""
+    import dataclasses
+
+    from trm_fast.model.reference import TRMConfig
+
+    settings = {f.name: f.default for f in dataclasses.fields(config_lib.ModelSettings)}
+    trm = {f.name: f.default for f in dataclasses.fields(TRMConfig) if f.name not in config_lib.DATA_FIELDS}
+    assert settings == trm
+
+
+def test_parse_fields_types_and_rejects_like_set():
+    from trm_fast.model.reference import TRMConfig
+
+    assert config_lib.parse_fields(TRMConfig, ["l_cycles=6", "mlp_t=true", "puzzle_emb_ndim=none"]) == {
+        "l_cycles": 6, "mlp_t": True, "puzzle_emb_ndim": None}
+    with pytest.raises(ConfigError, match="l_cycles: expected an integer"):
+        config_lib.parse_fields(TRMConfig, ["l_cycles=six"])
+    with pytest.raises(ConfigError, match="unknown config field 'l_cycle'.*did you mean 'l_cycles'"):
+        config_lib.parse_fields(TRMConfig, ["l_cycle=6"])
+    with pytest.raises(ConfigError, match="not of the form field=value"):
+        config_lib.parse_fields(TRMConfig, ["l_cycles"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("micro_batch_size=0", "micro_batch_size must be >= 1"),
+    ("recompute=true", "recompute=true needs engine=fast"),
+    ("fused_linear=true", "fused_linear=true needs engine=fast"),
+])
+def test_step_options_are_checked(override, message):
+    with pytest.raises(ConfigError, match=message):
+        apply_overrides(preset("maze-cpu"), ["engine=reference", override])

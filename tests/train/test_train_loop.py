@@ -35,8 +35,8 @@ def test_run_directory_contents(tiny_config, tmp_path):
     assert [step for step, _ in ckpt.list_checkpoints(run_dir)] == [3, 4]  # last k kept
     payload = ckpt.load_checkpoint(ckpt.latest_checkpoint(run_dir))
     assert payload["step"] == 4 and payload["world_size"] == 1
-    assert set(payload["ranks"][0]) == {"rng", "sampler", "carry"}
-    assert payload["ranks"][0]["carry"]["y_answer"].shape[0] == 8
+    assert set(payload["ranks"][0]) == {"rng", "sampler", "carries"}
+    assert [carry["y_answer"].shape[0] for carry in payload["ranks"][0]["carries"]] == [8]
     ema_weight = payload["ema_model"]["inner.lm_head.weight"]
     raw_weight = payload["model"]["inner.lm_head.weight"]
     assert not torch.equal(ema_weight, raw_weight)  # the EMA copy is a different (averaged) tensor
@@ -77,7 +77,7 @@ def test_resume_continues_exactly(tiny_config, tmp_path):
         assert torch.equal(pa["exp_avg"], pb["exp_avg"]) and torch.equal(pa["exp_avg_sq"], pb["exp_avg_sq"])
     rank_a, rank_b = a["ranks"][0], b["ranks"][0]
     for key in ("steps", "halted", "z_latent", "y_answer"):
-        assert torch.equal(rank_a["carry"][key], rank_b["carry"][key]), key
+        assert torch.equal(rank_a["carries"][0][key], rank_b["carries"][0][key]), key
     assert torch.equal(rank_a["rng"]["torch"], rank_b["rng"]["torch"])
     assert rank_a["sampler"] == rank_b["sampler"]
     assert a["metrics"] == b["metrics"]  # the final evaluation too
@@ -89,7 +89,7 @@ def test_resume_without_checkpoint_is_an_error(tiny_config, tmp_path):
 
 
 def test_ctrl_c_saves_a_checkpoint_and_stops(tiny_config, tmp_path, monkeypatch):
-    original_step = Trainer.train_step
+    original_step = Trainer.advance
 
     def step_then_interrupt(self, batch):
         metrics = original_step(self, batch)
@@ -97,7 +97,7 @@ def test_ctrl_c_saves_a_checkpoint_and_stops(tiny_config, tmp_path, monkeypatch)
             signal.raise_signal(signal.SIGINT)  # what Ctrl-C delivers; the handler only sets a flag
         return metrics
 
-    monkeypatch.setattr(Trainer, "train_step", step_then_interrupt)
+    monkeypatch.setattr(Trainer, "advance", step_then_interrupt)
     handler_before = signal.getsignal(signal.SIGINT)
     run_dir = tmp_path / "run"
     result = train(tiny_config("max_steps=20"), run_dir, progress=False, log=lambda _line: None)
@@ -114,35 +114,74 @@ def test_max_minutes_bounds_the_run(tiny_config, tmp_path):
     assert [step for step, _ in ckpt.list_checkpoints(tmp_path / "run")] == [1]
 
 
-@pytest.mark.parametrize("extra, check", [
-    # Q-continue target on: its loss is trained and reported
-    (("model.no_act_continue=false",), lambda record: record["train/q_continue_loss"] > 0),
-    # no puzzle embedding: no sign-SGD, still trains
-    (("model.puzzle_emb_ndim=0", "model.puzzle_emb_len=0"), lambda record: record["train/q_continue_loss"] == 0),
-    # softmax cross entropy instead of stable-max, no EMA
-    (("loss_type=softmax", "ema=false"), lambda record: record["train/lm_loss"] > 0),
-])
-def test_variants_train(tiny_config, tmp_path, extra, check):
-    result = train(tiny_config("max_steps=2", *extra), tmp_path / "run", progress=False, log=lambda _line: None)
-    assert result.step == 2 and result.final_eval is not None
-    record = [r for r in read_metrics(tmp_path / "run") if "train/loss" in r][-1]
-    assert check(record), record
+def _quiet_train(cfg, run_dir):
+    trainer = Trainer(cfg, run_dir, progress=False, log=lambda _line: None)
+    try:
+        trainer.run()
+    finally:
+        trainer.close()
+    return trainer
 
 
-def test_static_step_that_cuda_graphs_capture_matches_the_eager_step(tiny_config, tmp_path):
-    """The function GraphedStep captures (in-place carry, device-scalar lr and step, capturable
-    AdamATan2) run eagerly on CPU gives the same training as the default step."""
-    from trm_fast.train.loop import Trainer
+def _first_record(run_dir):
+    return [r for r in read_metrics(run_dir) if "train/loss" in r][0]
 
-    cfg = tiny_config("max_steps=8", "model.halt_exploration_prob=0.0")
-    finals = []
-    for static in (False, True):
-        trainer = Trainer(cfg, tmp_path / f"run-{static}", progress=False, log=lambda _line: None, static_step=static)
-        try:
-            trainer.run()
-        finally:
-            trainer.close()
-        finals.append({k: v.clone() for k, v in trainer.model.state_dict().items()})
-        assert trainer.optimizer.capturable is static
-    for key, value in finals[0].items():
-        torch.testing.assert_close(finals[1][key], value, rtol=1e-5, atol=1e-6, msg=key)
+
+def test_q_continue_target_is_trained_and_reported(tiny_config, tmp_path):
+    _quiet_train(tiny_config("max_steps=2", "log_interval=1"), tmp_path / "off")
+    _quiet_train(tiny_config("max_steps=2", "log_interval=1", "model.no_act_continue=false"), tmp_path / "on")
+    assert _first_record(tmp_path / "off")["train/q_continue_loss"] == 0.0
+    on = _first_record(tmp_path / "on")
+    assert on["train/q_continue_loss"] > 0.0
+    # the total the trainer optimises includes it: lm + 0.5 * (q_halt + q_continue)
+    assert on["train/loss"] == pytest.approx(on["train/lm_loss"] + 0.5 * (on["train/q_halt_loss"] + on["train/q_continue_loss"]))
+
+
+def test_without_puzzle_embedding_there_is_no_sign_sgd_and_weights_still_train(tiny_config, tmp_path):
+    trainer = _quiet_train(tiny_config("max_steps=2", "model.puzzle_emb_ndim=0", "model.puzzle_emb_len=0"), tmp_path / "run")
+    assert trainer.model.puzzle_emb is None and trainer.train_step.sign_sgd is None
+    payload = ckpt.load_checkpoint(ckpt.latest_checkpoint(tmp_path / "run"))
+    assert not any("puzzle_emb" in key for key in payload["model"])
+    torch.manual_seed(trainer.cfg.seed)  # the trainer's initialisation
+    initial = type(trainer.model)(trainer.model.config).state_dict()
+    assert not torch.equal(initial["inner.lm_head.weight"], payload["model"]["inner.lm_head.weight"])
+
+
+def test_softmax_loss_and_no_ema(tiny_config, tmp_path):
+    stablemax = _first_record(_quiet_train(tiny_config("max_steps=1", "log_interval=1"), tmp_path / "a").run_dir)
+    trainer = _quiet_train(tiny_config("max_steps=1", "log_interval=1", "loss_type=softmax", "ema=false"), tmp_path / "b")
+    softmax = _first_record(trainer.run_dir)
+    # same weights, same batch: only the cross entropy differs, so the first LM loss does too
+    assert softmax["train/lm_loss"] != pytest.approx(stablemax["train/lm_loss"], rel=1e-3)
+    payload = ckpt.load_checkpoint(ckpt.latest_checkpoint(trainer.run_dir))
+    assert payload["ema"] is None
+    for key, value in payload["model"].items():  # evaluation uses the raw weights
+        assert torch.equal(payload["ema_model"][key], value), key
+
+
+def test_micro_batches_of_one_process_train_like_the_whole_batch(tiny_config, tmp_path):
+    """Splitting the batch changes only the order of the gradient sums (no exploration: its draws
+    depend on how the batch is split). The data-parallel equivalence is in test_train_distributed."""
+    cfg = tiny_config("max_steps=4", "model.halt_exploration_prob=0.0")
+    whole = _quiet_train(cfg, tmp_path / "whole")
+    split = _quiet_train(tiny_config("max_steps=4", "model.halt_exploration_prob=0.0", "micro_batch_size=2"), tmp_path / "split")
+    assert split.train_step.num_micro_batches == 4 and len(split.train_step.carries) == 4
+    for key, value in whole.model.state_dict().items():
+        torch.testing.assert_close(split.model.state_dict()[key], value, rtol=0, atol=1e-5, msg=key)
+    with pytest.raises(Exception, match="micro_batch_size 3 does not divide"):
+        Trainer(tiny_config("micro_batch_size=3"), tmp_path / "bad", progress=False, log=lambda _line: None)
+
+
+def test_throughput_is_logged_as_tokens_per_second_and_mfu_on_gpu(tiny_config, tmp_path, monkeypatch):
+    trainer = _quiet_train(tiny_config("max_steps=2", "log_interval=1"), tmp_path / "run")
+    record = _first_record(trainer.run_dir)
+    assert record["tokens_per_second"] == pytest.approx(record["steps_per_second"] * 8 * 36)  # batch x 6x6 grid
+    assert "mfu" not in record  # no FLOP peak for a CPU
+    # On a GPU with a known peak, MFU = model FLOPs per second / peak (trm_fast.flops).
+    from trm_fast import flops
+
+    monkeypatch.setattr(trainer, "device", torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200")
+    figures = trainer.throughput(steps_per_second=2.0)
+    step_flops = flops.train_step_flops(trainer.model.config, 8)
+    assert figures["mfu"] == pytest.approx(2.0 * step_flops / flops.peak_flops("NVIDIA H200", "float32"))

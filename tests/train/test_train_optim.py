@@ -105,27 +105,14 @@ def test_ema_math_and_averaged_copy():
     assert other.decay == 0.75 and torch.equal(other.shadow["weight"], ema.shadow["weight"])
 
 
-class _Table(torch.nn.Module):
-    """Stands in for the model's PuzzleEmbedding: table buffer, local_rows (with grad) and local_ids."""
-
-    def __init__(self, table):
-        super().__init__()
-        self.register_buffer("weights", table)
-        self.local_rows = None
-        self.local_ids = None
-
-
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_sign_sgd_updates_only_used_rows_with_summed_duplicates(backend):
     table = torch.tensor([[1.0, -1.0], [0.5, 0.5], [2.0, 0.0], [-3.0, 1.0]])
-    emb = _Table(table.clone())
-    emb.local_ids = torch.tensor([2, 0, 2], dtype=torch.int32)
-    emb.local_rows = emb.weights[emb.local_ids].clone().requires_grad_(True)
+    ids = torch.tensor([2, 0, 2], dtype=torch.int32)
     # row 2 appears twice: its grads sum to (0.1 - 0.3, -0.2 + 0.5) = (-0.2, 0.3)
-    emb.local_rows.grad = torch.tensor([[0.1, -0.2], [0.0, -4.0], [-0.3, 0.5]])
+    grads = torch.tensor([[0.1, -0.2], [0.0, -4.0], [-0.3, 0.5]])
     lr, wd = 0.1, 0.5
-    optimizer = PuzzleEmbeddingSignSGD(emb, lr=lr, weight_decay=wd, backend=backend)
-    optimizer.step()
+    PuzzleEmbeddingSignSGD(table, lr=lr, weight_decay=wd, backend=backend).step(ids, grads)
     decay = 1 - lr * wd
     expected = [
         [1.0 * decay - lr * 0.0, -1.0 * decay - lr * -1.0],  # sign(0) = 0
@@ -133,25 +120,28 @@ def test_sign_sgd_updates_only_used_rows_with_summed_duplicates(backend):
         [2.0 * decay - lr * -1.0, 0.0 * decay - lr * 1.0],
         [-3.0, 1.0],  # unused
     ]
-    assert emb.weights.tolist() == [pytest.approx(row) for row in expected]
-    optimizer.zero_grad()
-    assert emb.local_rows.grad is None
-    before = emb.weights.clone()
-    optimizer.step()  # no gradient: no update
-    assert torch.equal(before, emb.weights)
+    assert table.tolist() == [pytest.approx(row) for row in expected]
+
+
+def test_sign_sgd_reads_a_device_scalar_learning_rate_at_each_step():
+    table = torch.zeros(2, 1)
+    lr = torch.tensor(0.5)
+    optimizer = PuzzleEmbeddingSignSGD(table, lr=lr, weight_decay=0.0, backend="torch")
+    optimizer.step(torch.tensor([0], dtype=torch.int32), torch.tensor([[1.0]]))
+    lr.fill_(0.25)  # what the trainer's schedule does between (captured) steps
+    optimizer.step(torch.tensor([0], dtype=torch.int32), torch.tensor([[1.0]]))
+    assert table.flatten().tolist() == [-0.75, 0.0]
 
 
 def test_sign_sgd_uses_gathered_rows():
-    emb = _Table(torch.zeros(3, 1))
-    emb.local_ids = torch.tensor([0])
-    emb.local_rows = torch.zeros(1, 1, requires_grad=True)
-    emb.local_rows.grad = torch.tensor([[1.0]])
+    table = torch.zeros(3, 1)
 
     def gather(ids, rows):  # pretend a second rank used row 0 (grad -3) and row 1 (grad 2)
         return torch.cat([ids, torch.tensor([0, 1])]), torch.cat([rows, torch.tensor([[-3.0], [2.0]])])
 
-    PuzzleEmbeddingSignSGD(emb, lr=0.5, weight_decay=0.0, backend="torch", gather_rows=gather).step()
-    assert emb.weights.flatten().tolist() == [0.5, -0.5, 0.0]
+    optimizer = PuzzleEmbeddingSignSGD(table, lr=0.5, weight_decay=0.0, backend="torch", gather_rows=gather)
+    optimizer.step(torch.tensor([0]), torch.tensor([[1.0]]))
+    assert table.flatten().tolist() == [0.5, -0.5, 0.0]
 
 
 def test_lr_schedule_warmup_then_constant_or_cosine():

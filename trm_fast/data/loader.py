@@ -24,8 +24,8 @@ import torch
 
 from trm_fast.data.dataset import PuzzleSet, PuzzleSplit
 from trm_fast.data.errors import DataError
+from trm_fast.ops.loss_head import IGNORE_INDEX
 
-IGNORE_INDEX = -100
 _STATE_VERSION = 1
 _MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 

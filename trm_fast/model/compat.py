@@ -20,7 +20,8 @@ REFERENCE_PREFIXES = ("_orig_mod.", "model.", "module.")
 
 
 class CheckpointError(ValueError):
-    """A checkpoint file that cannot be used; the message is one line naming the file."""
+    """A checkpoint file that is missing, unreadable or does not fit (a model, a run); the message
+    is one line naming the file. Raised by this module and by trm_fast.train.checkpoint."""
 
 
 def strip_reference_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, fields
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-IGNORE_LABEL_ID = -100
 
 
 @dataclass
@@ -36,7 +35,7 @@ class TRMConfig:
     pos_encodings: str = "rope"  # rope | learned | none
     rope_theta: float = 10000.0
     rms_norm_eps: float = 1e-5
-    puzzle_emb_ndim: int = 512  # 0 disables the puzzle embedding
+    puzzle_emb_ndim: Optional[int] = None  # None = hidden_size (the reference); 0 disables it
     puzzle_emb_len: int = 16  # prefix tokens; 0 means ceil(puzzle_emb_ndim / hidden_size)
     mlp_t: bool = False  # TRM-MLP: token-mixing SwiGLU instead of attention
     halt_max_steps: int = 16
@@ -45,6 +44,8 @@ class TRMConfig:
     forward_dtype: str = "float32"  # bfloat16 on GPU
 
     def __post_init__(self):
+        if self.puzzle_emb_ndim is None:
+            self.puzzle_emb_ndim = self.hidden_size
         if self.pos_encodings not in ("rope", "learned", "none"):
             raise ValueError(f"pos_encodings must be rope, learned or none, got {self.pos_encodings!r}")
         if self.forward_dtype not in ("float32", "bfloat16", "float16"):
@@ -125,36 +126,49 @@ class CastedEmbedding(nn.Module):
         return F.embedding(ids, self.embedding_weight.to(self.cast_to))
 
 
+@dataclass
+class PuzzleRows:
+    """The puzzle-embedding rows one training batch reads: a gradient leaf and the ids it holds.
+
+    The table itself is a buffer (sign-SGD updates it, not autograd). Each batch slice that trains
+    (a data-parallel rank, a micro-batch) owns one PuzzleRows, carried in its ACT carry; the forward
+    refills it in place, so torch.compile and CUDA graphs see fixed tensors, and the optimizer step
+    reads `ids` and `values.grad` from it explicitly.
+    """
+
+    values: torch.Tensor  # fp32 [B, W], requires_grad
+    ids: torch.Tensor  # int32 [B]
+
+    @classmethod
+    def allocate(cls, batch_size: int, width: int, device) -> "PuzzleRows":
+        values = torch.zeros(batch_size, width, device=device, requires_grad=True)
+        return cls(values, torch.zeros(batch_size, dtype=torch.int32, device=device))
+
+
 class PuzzleEmbedding(nn.Module):
     """Per-puzzle vectors in a zero-initialised table that is a buffer, not a Parameter.
 
-    Training copies the batch's rows into `local_rows`, a leaf tensor that receives their gradient;
-    the trainer then updates only those rows of `weights` by sign-SGD. The leaf is refilled in
-    place (as in the reference code) so torch.compile and CUDA graphs see a fixed tensor.
+    Training (with `rows`) copies the batch's rows into `rows.values`, a leaf that receives their
+    gradient; the trainer then updates only those rows of `weights` by sign-SGD. Without `rows`, or
+    without gradients, the rows are read from the table directly.
     """
 
     def __init__(self, num_identifiers: int, embedding_dim: int, cast_to: torch.dtype):
         super().__init__()
         self.cast_to = cast_to
         self.register_buffer("weights", torch.zeros(num_identifiers, embedding_dim), persistent=True)
-        self.register_buffer("local_rows", torch.zeros(0, embedding_dim, requires_grad=True), persistent=False)
-        self.register_buffer("local_ids", torch.zeros(0, dtype=torch.int32), persistent=False)
 
-    def allocate_rows(self, batch_size: int, device) -> None:
-        """Size the gradient leaf for a batch (done by `TRM.initial_carry`, outside torch.compile)."""
-        width = self.weights.shape[1]
-        self.local_rows = torch.zeros(batch_size, width, device=device, requires_grad=True)
-        self.local_ids = torch.zeros(batch_size, dtype=torch.int32, device=device)
+    @property
+    def width(self) -> int:
+        return self.weights.shape[1]
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        if not (self.training and torch.is_grad_enabled()):
+    def forward(self, ids: torch.Tensor, rows: "PuzzleRows | None" = None) -> torch.Tensor:
+        if rows is None or not (self.training and torch.is_grad_enabled()):
             return self.weights[ids].to(self.cast_to)
-        if self.local_rows.shape[0] != ids.shape[0] or self.local_rows.device != ids.device:
-            self.allocate_rows(ids.shape[0], ids.device)
         with torch.no_grad():
-            self.local_rows.copy_(self.weights[ids])
-            self.local_ids.copy_(ids)
-        return self.local_rows.to(self.cast_to)
+            rows.values.copy_(self.weights[ids])
+            rows.ids.copy_(ids)
+        return rows.values.to(self.cast_to)
 
 
 class RotaryEmbedding(nn.Module):
@@ -306,11 +320,11 @@ class TRMInner(nn.Module):
     def cos_sin(self):
         return self.rotary_emb() if self.config.pos_encodings == "rope" else None
 
-    def input_embeddings(self, inputs: torch.Tensor, puzzle_identifiers: torch.Tensor) -> torch.Tensor:
+    def input_embeddings(self, inputs: torch.Tensor, puzzle_identifiers: torch.Tensor, puzzle_rows=None) -> torch.Tensor:
         config = self.config
         embedding = self.embed_tokens(inputs.to(torch.int32))
         if self.puzzle_emb is not None:
-            puzzle = self.puzzle_emb(puzzle_identifiers)
+            puzzle = self.puzzle_emb(puzzle_identifiers, puzzle_rows)
             pad = config.prefix_len * config.hidden_size - puzzle.shape[-1]
             if pad > 0:
                 puzzle = F.pad(puzzle, (0, pad))
@@ -341,8 +355,8 @@ class TRMInner(nn.Module):
 
         return latent_recursion(net_call, y_answer, z_latent, x_input, self.config.h_cycles, self.config.l_cycles)
 
-    def forward(self, y_answer, z_latent, batch: dict):
-        x_input = self.input_embeddings(batch["inputs"], batch["puzzle_identifiers"])
+    def forward(self, y_answer, z_latent, batch: dict, puzzle_rows: "PuzzleRows | None" = None):
+        x_input = self.input_embeddings(batch["inputs"], batch["puzzle_identifiers"], puzzle_rows)
         y_answer, z_latent = self.recurse(y_answer, z_latent, x_input, self.cos_sin())
         logits, q_halt, q_continue = self.heads(y_answer)
         return (y_answer.detach(), z_latent.detach()), logits, q_halt, q_continue
@@ -357,9 +371,12 @@ class ACTCarry:
     steps: torch.Tensor  # int32 [B]: supervision steps taken by the slot's current example
     halted: torch.Tensor  # bool [B]: the slot takes a new example at the next step
     current_data: dict = field(default_factory=dict)  # the examples now in the slots
+    # The slots' puzzle-embedding gradient leaf (training only; scratch, not state: never saved).
+    puzzle_rows: Optional[PuzzleRows] = None
 
     def copy_(self, source: "ACTCarry") -> None:
-        """Write `source` into this carry's tensors in place (a CUDA graph must keep their addresses)."""
+        """Write `source` into this carry's tensors in place (a CUDA graph must keep their addresses).
+        `puzzle_rows` is the same object in both (the forward passes it through)."""
         self.y_answer.copy_(source.y_answer)
         self.z_latent.copy_(source.z_latent)
         self.steps.copy_(source.steps)
@@ -386,14 +403,14 @@ class TRM(nn.Module):
         batch_size = batch["inputs"].shape[0]
         device = batch["inputs"].device
         y_answer, z_latent = self.inner.initial_states(batch_size, device)
-        if self.inner.puzzle_emb is not None:
-            self.inner.puzzle_emb.allocate_rows(batch_size, device)
+        puzzle_emb = self.inner.puzzle_emb
         return ACTCarry(
             y_answer=y_answer,
             z_latent=z_latent,
             steps=torch.zeros(batch_size, dtype=torch.int32, device=device),
             halted=torch.ones(batch_size, dtype=torch.bool, device=device),  # every slot starts empty
             current_data={key: torch.empty_like(value) for key, value in batch.items()},
+            puzzle_rows=PuzzleRows.allocate(batch_size, puzzle_emb.width, device) if puzzle_emb is not None else None,
         )
 
     def forward(self, carry: ACTCarry, batch: dict) -> tuple[ACTCarry, dict]:
@@ -406,7 +423,7 @@ class TRM(nn.Module):
             for key, value in carry.current_data.items()
         }
 
-        (y_answer, z_latent), logits, q_halt, q_continue = self.inner(y_answer, z_latent, current_data)
+        (y_answer, z_latent), logits, q_halt, q_continue = self.inner(y_answer, z_latent, current_data, carry.puzzle_rows)
         outputs = {"logits": logits, "q_halt_logits": q_halt, "q_continue_logits": q_continue}
 
         with torch.no_grad():
@@ -430,4 +447,4 @@ class TRM(nn.Module):
                     best_next = torch.where(is_last_step, next_q_halt, torch.maximum(next_q_halt, next_q_continue))
                     outputs["target_q_continue"] = torch.sigmoid(best_next)
 
-        return ACTCarry(y_answer, z_latent, steps.to(torch.int32), halted, current_data), outputs
+        return ACTCarry(y_answer, z_latent, steps.to(torch.int32), halted, current_data, carry.puzzle_rows), outputs

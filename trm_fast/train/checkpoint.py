@@ -21,13 +21,11 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from trm_fast.model.compat import CheckpointError  # one error type for every checkpoint problem
+
 FORMAT = "trm-fast"
 VERSION = 1
 _NAME = re.compile(r"^step_(\d+)\.pt$")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that is missing, unreadable or does not fit this run (one-line message)."""
 
 
 def atomic_torch_save(payload: Any, path: str | os.PathLike) -> None:

@@ -1,12 +1,12 @@
-"""The training loop: deep supervision with the ACT carry, one optimizer step per supervision step.
+"""The training loop: scheduling, logging, evaluation and checkpoints around `TrainStep`.
 
 Per step (reference: pretrain.py train_batch):
-    batch  <- sampler (this rank's slice of the global batch); halted slots take its examples
-    carry, outputs = model(carry, batch)                      # one supervision step
-    (act_loss / global_batch_size).backward()
-    all-reduce gradients (data parallel), gather puzzle-embedding rows
-    AdamATan2 (+ fused EMA) on the weights, sign-SGD on the puzzle rows, both on the same schedule
-Metrics stay on the device and are read only at logging steps. A run directory holds config.json,
+    batch <- sampler (this rank's slice of the global batch)
+    set the scheduled learning rates; metric_sums += TrainStep(batch)   (see step.py)
+`TrainStep` is the whole supervision + optimizer step (micro-batches, ACT carries, AdamATan2 + EMA,
+sign-SGD); with cuda_graphs=true a `GraphedStep` captures that same object. Metrics stay on the
+device and are read only at logging steps, where tokens/s and (on a GPU) model FLOP utilisation
+are logged too. A run directory holds config.json,
 metrics.jsonl, final_eval.json and checkpoints/ (see checkpoint.py); `resume=True` continues from
 the newest checkpoint exactly (bit-identical on CPU).
 """
@@ -20,7 +20,7 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -29,16 +29,17 @@ import torch
 
 from trm_fast import config as config_lib
 from trm_fast.config import ConfigError, TrainConfig
-from trm_fast.cuda_graphs import GraphedStep, zero_grads_
-from trm_fast.model.fast import FastTRM
-from trm_fast.model.reference import TRM, ACTCarry, TRMConfig
+from trm_fast import flops as flops_lib
+from trm_fast import memory as memory_lib
+from trm_fast.cuda_graphs import GraphedStep
+from trm_fast.model import TRM, ACTCarry, FastTRM, TRMConfig, make_model
 from trm_fast.train import checkpoint as ckpt
 from trm_fast.train import distributed as dist_lib
 from trm_fast.train.data import RunData, open_run_data
-from trm_fast.train.ema import EMA
 from trm_fast.train.evaluate import MODEL_KEYS, batch_to_device, evaluate
-from trm_fast.train.losses import METRIC_NAMES, act_loss, summarise
-from trm_fast.train.optim import AdamATan2, PuzzleEmbeddingSignSGD, lr_at_step
+from trm_fast.train.losses import METRIC_NAMES, summarise
+from trm_fast.train.optim import lr_at_step
+from trm_fast.train.step import build_train_step, fast_options
 
 
 @dataclass
@@ -50,44 +51,28 @@ class TrainResult:
     last_train: Optional[dict]
 
 
-def build_model(cfg: TrainConfig, data: RunData) -> TRM:
-    values = config_lib.model_config_dict(
-        cfg, data.metadata.vocab_size, data.metadata.seq_len, data.metadata.num_puzzle_identifiers
-    )
-    try:
-        model_config = TRMConfig.from_dict(values)
-    except ValueError as error:
-        raise ConfigError(f"model config: {error}") from None
-    return make_model(model_config, cfg.engine, cfg.backend)
-
-
-def make_model(model_config: TRMConfig, engine: str = "fast", backend: str = "auto") -> TRM:
-    """The engine that runs `model_config`: both share parameters and checkpoints."""
-    if engine == "reference":
-        return TRM(model_config)
-    return FastTRM(model_config, backend=None if backend == "auto" else backend)
-
-
 def schedule_length(cfg: TrainConfig, data: RunData) -> int:
     """Total optimizer steps the LR schedule spans: `epochs` as in the reference, capped by max_steps."""
     from_epochs = max(int(cfg.epochs * data.batches_per_epoch), 1)
     return min(from_epochs, cfg.max_steps) if cfg.max_steps is not None else from_epochs
 
 
-def carry_state(carry: Optional[ACTCarry]) -> Optional[dict]:
-    if carry is None:
-        return None
-    state = {f.name: getattr(carry, f.name) for f in fields(carry)}
-    state["current_data"] = {k: v.detach().cpu() for k, v in state["current_data"].items()}
-    return {k: (v.detach().cpu() if torch.is_tensor(v) else v) for k, v in state.items()}
+_CARRY_TENSORS = ("y_answer", "z_latent", "steps", "halted")
 
 
-def carry_from_state(state: Optional[dict], device: torch.device) -> Optional[ACTCarry]:
-    if state is None:
-        return None
-    values = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in state.items()}
-    values["current_data"] = {k: v.to(device) for k, v in state["current_data"].items()}
-    return ACTCarry(**values)
+def carry_state(carry: ACTCarry) -> dict:
+    """The persistent part of a carry, on the CPU (the puzzle rows are scratch, not state)."""
+    state = {name: getattr(carry, name).detach().cpu() for name in _CARRY_TENSORS}
+    state["current_data"] = {k: v.detach().cpu() for k, v in carry.current_data.items()}
+    return state
+
+
+def restore_carry_(carry: ACTCarry, state: dict) -> None:
+    """Write a saved carry into an allocated one in place."""
+    for name in _CARRY_TENSORS:
+        getattr(carry, name).copy_(state[name])
+    for key, value in state["current_data"].items():
+        carry.current_data[key].copy_(value)
 
 
 class _StopSignal:
@@ -123,7 +108,6 @@ class Trainer:
         resume: bool = False,
         progress: bool = True,
         log: Callable[[str], None] = print,
-        static_step: Optional[bool] = None,
     ):
         config_lib.validate(cfg)
         self.cfg = cfg
@@ -152,47 +136,17 @@ class Trainer:
 
         self.data = open_run_data(cfg, self.context, self.local_batch_size)
 
-        # Same initial weights on every rank (seeded, then rank 0's broadcast to be sure); then
-        # per-rank streams for exploration, as in the reference (seed + rank).
-        torch.manual_seed(cfg.seed)
-        self.model = build_model(cfg, self.data).to(self.device)
-        dist_lib.broadcast_module(self.model, ctx)
-        self._seed_everything(cfg.seed + ctx.rank)
-
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.ema = EMA(self.model, cfg.ema_rate) if cfg.ema else None
+        metadata = self.data.metadata
+        model_config = config_lib.model_config(cfg, metadata.vocab_size, metadata.seq_len, metadata.num_puzzle_identifiers)
         self.use_cuda_graphs = cfg.cuda_graphs and self.device.type == "cuda"
-        # The static step is the function a CUDA graph captures; `static_step=True` runs it eagerly
-        # anywhere, which is how the CPU tests check what the graph will replay.
-        self.use_static_step = self.use_cuda_graphs if static_step is None else static_step
-        if self.use_static_step and ctx.world_size > 1:
+        if self.use_cuda_graphs and ctx.world_size > 1:
             raise ConfigError("cuda_graphs=true supports one process; the gradient all-reduce is not captured")
-        self.optimizer = AdamATan2(
-            self.params,
-            lr=0.0,
-            betas=(cfg.beta1, cfg.beta2),
-            weight_decay=cfg.weight_decay,
-            ema=self.ema,
-            backend=None if cfg.backend == "auto" else cfg.backend,
-            capturable=self.use_static_step,
-        )
-        self.sign_sgd = None
-        if self.model.puzzle_emb is not None:
-            self.sign_sgd = PuzzleEmbeddingSignSGD(
-                self.model.puzzle_emb,
-                lr=0.0,
-                weight_decay=cfg.puzzle_emb_weight_decay,
-                backend=cfg.backend,
-                gather_rows=lambda ids, rows: dist_lib.gather_rows(ids, rows, ctx),
-            )
-        self.forward = torch.compile(self.model) if cfg.compile else self.model
-        self.static_step = None
-        if self.use_static_step:
-            self.static_step = GraphedStep(self._static_step) if self.use_cuda_graphs else self._static_step
-        self.puzzle_lr = torch.zeros((), dtype=torch.float32, device=self.device)
+        self.train_step = build_train_step(cfg, model_config, self.device, ctx, self._micro_batch_size(model_config))
+        self.model, self.ema = self.train_step.model, self.train_step.ema
+        self._seed_everything(cfg.seed + ctx.rank)  # per-rank exploration streams, as in the reference
+        self.run_step = GraphedStep(self.train_step) if self.use_cuda_graphs else self.train_step
         self.total_steps = schedule_length(cfg, self.data)
         self.step = 0
-        self.carry: Optional[ACTCarry] = None
         self.last_eval: Optional[dict] = None
         if resume_path is not None:
             self._restore(resume_path)
@@ -209,6 +163,16 @@ class Trainer:
         np.random.seed(seed % 2**32)
         torch.manual_seed(seed)
 
+    def _micro_batch_size(self, model_config: TRMConfig) -> int:
+        """micro_batch_size, or when unset the trainer's choice (trm_fast.memory.micro_batch_for)."""
+        try:
+            micro, message = memory_lib.micro_batch_for(model_config, self.cfg, self.local_batch_size, self.device)
+        except ValueError as error:
+            raise ConfigError(f"micro_batch_size: {error}; try recompute=true or a smaller model") from None
+        if message:
+            self.log(message)
+        return micro
+
     def lr(self, base_lr: float) -> float:
         cfg = self.cfg
         return lr_at_step(self.step, base_lr, cfg.lr_warmup_steps, self.total_steps, cfg.lr_min_ratio)
@@ -221,57 +185,18 @@ class Trainer:
     def eval_model(self) -> TRM:
         """A separate model holding the weights evaluation uses (EMA when enabled)."""
         with torch.random.fork_rng(devices=[]):  # building it must not move the training RNG
-            model = make_model(self.model.config, self.cfg.engine, self.cfg.backend)
+            model = make_model(self.model.config, self.cfg.engine, self.cfg.backend, **fast_options(self.cfg))
         model.load_state_dict(self.ema_state_dict())
         model.to(self.device)
         model.eval()
         return model
 
     # ------------------------------------------------------------------------------------------
-    def _static_step(self, batch: dict) -> dict:
-        """The whole step with fixed tensors (captured by GraphedStep): the carry is updated in place
-        and the learning rates are read from device scalars."""
-        cfg = self.cfg
-        zero_grads_(self.params)
-        if self.model.puzzle_emb is not None:
-            zero_grads_([self.model.puzzle_emb.local_rows])
-        carry, outputs = self.forward(self.carry, batch)
-        loss, metrics = act_loss(outputs, carry.current_data["labels"], carry.halted, carry.steps, cfg.loss_type, cfg.backend)
-        (loss / cfg.global_batch_size).backward()
-        self.optimizer.step()
-        if self.sign_sgd is not None:
-            self.sign_sgd.lr = self.puzzle_lr
-            self.sign_sgd.step()
-        self.carry.copy_(carry)
-        return {"metrics": metrics}
-
-    def train_step(self, batch: dict) -> torch.Tensor:
-        """One supervision step + optimizer step; returns the metric sums (on device)."""
-        cfg = self.cfg
-        self.model.train()
-        if self.carry is None:
-            self.carry = self.model.initial_carry(batch)
+    def advance(self, batch: dict) -> torch.Tensor:
+        """One optimizer step at the scheduled learning rates; returns the metric sums (on device)."""
         self.step += 1
-        if self.static_step is not None:
-            self.optimizer.set_lr(self.lr(cfg.lr))
-            self.puzzle_lr.fill_(self.lr(cfg.puzzle_emb_lr))
-            return self.static_step(batch)["metrics"]
-        self.carry, outputs = self.forward(self.carry, batch)
-        loss, metrics = act_loss(
-            outputs, self.carry.current_data["labels"], self.carry.halted, self.carry.steps, cfg.loss_type, cfg.backend
-        )
-        (loss / cfg.global_batch_size).backward()
-        dist_lib.all_reduce_gradients(self.params, self.context)
-
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.lr(cfg.lr)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.sign_sgd is not None:
-            self.sign_sgd.lr = self.lr(cfg.puzzle_emb_lr)
-            self.sign_sgd.step()
-            self.sign_sgd.zero_grad()
-        return metrics
+        self.train_step.set_learning_rates(self.lr(self.cfg.lr), self.lr(self.cfg.puzzle_emb_lr))
+        return self.run_step(batch)
 
     def run_evaluation(self, limit: Optional[int], prefix: str = "eval/") -> dict:
         cfg = self.cfg
@@ -294,7 +219,7 @@ class Trainer:
         rank_state = {
             "rng": ckpt.rng_state(),
             "sampler": ckpt.encode(self.data.sampler.state_dict()),
-            "carry": carry_state(self.carry),
+            "carries": [carry_state(carry) for carry in self.train_step.carries or []],
         }
         all_rank_states = dist_lib.gather_objects(rank_state, self.context)
         path = None
@@ -307,7 +232,7 @@ class Trainer:
                 "train_config": config_lib.to_dict(cfg),
                 "model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
                 "ema_model": {k: v.detach().cpu() for k, v in self.ema_state_dict().items()},
-                "optimizer": self.optimizer.state_dict(),
+                "optimizer": self.train_step.optimizer.state_dict(),
                 "ema": self.ema.state_dict() if self.ema is not None else None,
                 "world_size": self.context.world_size,
                 "ranks": all_rank_states,
@@ -328,7 +253,7 @@ class Trainer:
             raise ckpt.CheckpointError(f"{path}: its model config differs from this run's")
         try:
             self.model.load_state_dict(payload["model"])
-            self.optimizer.load_state_dict(payload["optimizer"])
+            self.train_step.optimizer.load_state_dict(payload["optimizer"])
             if self.ema is not None:
                 if payload["ema"] is None:
                     raise ckpt.CheckpointError(f"{path}: has no EMA state but this run uses EMA")
@@ -345,17 +270,23 @@ class Trainer:
             raise ckpt.CheckpointError(f"{path}: does not fit this run ({first_line})") from None
         self.step = int(payload["step"])
         self.last_eval = payload.get("metrics")
-        if same_world:
-            self.carry = carry_from_state(rank_state["carry"], self.device)
+        carries = rank_state.get("carries", []) if same_world else []
+        if carries and len(carries) == self.train_step.num_micro_batches:
+            self.train_step.carries = [self._carry_from_state(state) for state in carries]
             self.log(f"resumed from {path} at step {self.step}")
         else:
             # The carried slots belonged to another split of the batch: start them afresh.
             self._seed_everything(self.cfg.seed + ctx.rank + 1_000_003 * self.step)
-            self.carry = None
             self.log(
-                f"resumed from {path} at step {self.step}; it was written by {payload['world_size']} process(es), "
-                f"this run has {ctx.world_size}: weights, optimizer and data position continue, the ACT carry restarts"
+                f"resumed from {path} at step {self.step}; it was written by {payload['world_size']} process(es) "
+                f"with {len(rank_state.get('carries', []))} micro-batch(es) each, this run has {ctx.world_size} with "
+                f"{self.train_step.num_micro_batches}: weights, optimizer and data position continue, the ACT carries restart"
             )
+
+    def _carry_from_state(self, state: dict) -> ACTCarry:
+        carry = self.model.initial_carry({k: v.to(self.device) for k, v in state["current_data"].items()})
+        restore_carry_(carry, state)
+        return carry
 
     # ------------------------------------------------------------------------------------------
     def _append_metrics(self, record: dict) -> None:
@@ -375,8 +306,9 @@ class Trainer:
         start_time = time.monotonic()
         deadline = start_time + cfg.max_minutes * 60 if cfg.max_minutes is not None else math.inf
         self.log(
-            f"training {sum(p.numel() for p in self.params):,} parameters on {ctx.world_size} x {self.device.type}, "
-            f"global batch {cfg.global_batch_size}, steps {self.step}->{end_step}"
+            f"training {sum(p.numel() for p in self.train_step.params):,} parameters on {ctx.world_size} x {self.device.type}, "
+            f"global batch {cfg.global_batch_size} ({self.train_step.num_micro_batches} micro-batch(es) of "
+            f"{self.train_step.micro_batch_size} per process), steps {self.step}->{end_step}"
             + (f" (at most {cfg.max_minutes:g} min)" if cfg.max_minutes is not None else "")
             + f", run dir {self.run_dir}"
         )
@@ -402,7 +334,7 @@ class Trainer:
         with _StopSignal() as stop_signal:
             while self.step < end_step:
                 batch = batch_to_device(next(self.data.sampler), self.device)
-                metric_sums += self.train_step({key: batch[key] for key in MODEL_KEYS})
+                metric_sums += self.advance({key: batch[key] for key in MODEL_KEYS})
                 if progress is not None:
                     progress.update(1)
 
@@ -412,15 +344,16 @@ class Trainer:
                     now = time.monotonic()
                     last_train = summarise(metric_sums.cpu(), prefix="train/")
                     steps_per_second = (self.step - last_log_step) / max(now - last_log_time, 1e-9)
+                    throughput = self.throughput(steps_per_second)
                     record = {"step": self.step, **last_train, "train/lr": self.lr(cfg.lr),
-                              "steps_per_second": steps_per_second, "elapsed_s": now - start_time}
+                              "steps_per_second": steps_per_second, **throughput, "elapsed_s": now - start_time}
                     self._append_metrics(record)
                     if progress is not None:
-                        progress.set_postfix(
-                            loss=f"{last_train['train/loss']:.4f}",
-                            exact=f"{last_train['train/exact_accuracy']:.3f}",
-                            it_s=f"{steps_per_second:.2f}",
-                        )
+                        postfix = dict(loss=f"{last_train['train/loss']:.4f}", exact=f"{last_train['train/exact_accuracy']:.3f}",
+                                       tok_s=f"{throughput['tokens_per_second']:,.0f}")
+                        if "mfu" in throughput:
+                            postfix["mfu"] = f"{throughput['mfu']:.1%}"
+                        progress.set_postfix(postfix)
                     metric_sums.zero_()
                     last_log_time, last_log_step = now, self.step
 
@@ -469,6 +402,19 @@ class Trainer:
                 self.log(f"interrupted at step {self.step}; resume with --resume --run-dir {self.run_dir}")
         dist_lib.barrier(ctx)
         return TrainResult(self.run_dir, self.step, stopped_by, final_eval, last_train)
+
+    def throughput(self, steps_per_second: float) -> dict:
+        """Grid tokens per second over all processes and, on a GPU with a known peak, model FLOP
+        utilisation (trm_fast.flops against the data-sheet peak of the activation dtype)."""
+        config, global_batch = self.model.config, self.cfg.global_batch_size
+        result = {"tokens_per_second": steps_per_second * global_batch * config.seq_len}
+        if self.device.type == "cuda":
+            peak = flops_lib.peak_flops(torch.cuda.get_device_name(self.device), config.forward_dtype)
+            step_flops = flops_lib.train_step_flops(config, global_batch)
+            mfu = flops_lib.model_flop_utilisation(step_flops * steps_per_second, 1.0, None if peak is None else peak * self.context.world_size)
+            if mfu is not None:
+                result["mfu"] = mfu
+        return result
 
     def _write(self, progress, line: str) -> None:
         if not self.context.is_main:

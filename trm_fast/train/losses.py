@@ -18,9 +18,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from trm_fast.ops.loss_head import act_loss_head
-
-IGNORE_LABEL_ID = -100
+from trm_fast.ops.loss_head import IGNORE_INDEX, act_loss_head
 
 METRIC_NAMES = (
     "count",  # halted, labelled sequences (denominator of the next four)
@@ -50,7 +48,7 @@ def act_loss(
 
     `row_mask` (bool [B]) restricts everything to those rows (evaluation's padded batches)."""
     head = act_loss_head(
-        outputs["logits"], labels, outputs["q_halt_logits"], ignore_index=IGNORE_LABEL_ID, loss_type=loss_type, backend=backend
+        outputs["logits"], labels, outputs["q_halt_logits"], ignore_index=IGNORE_INDEX, loss_type=loss_type, backend=backend
     )
     per_row_lm, per_row_q_halt = head["lm_loss"], head["q_halt_loss"]
     per_row_q_continue = None

@@ -7,6 +7,7 @@
 - `PuzzleEmbeddingSignSGD`: sign-SGD with decoupled weight decay on the puzzle-embedding rows the
   batch used (the table is a buffer, not a Parameter). Under data parallelism every rank gathers all
   ranks' rows and ids first, so every rank applies the same update to its copy of the table.
+The training step that drives them is `trm_fast.train.step.TrainStep`.
 - `lr_at_step`: linear warmup, then cosine from lr down to lr * min_ratio (min_ratio 1 = constant).
 """
 from __future__ import annotations
@@ -166,32 +167,23 @@ class AdamATan2(torch.optim.Optimizer):
 
 
 class PuzzleEmbeddingSignSGD:
-    """Sign-SGD on the rows of `puzzle_emb.weights` used by the last forward (op 8's sign_sgd_rows_).
+    """Sign-SGD on the rows of a puzzle-embedding table that a step used (op 8's sign_sgd_rows_).
 
+    `step(ids, grads)` takes the rows' ids and gradients explicitly (from the carries' PuzzleRows).
     `gather_rows(ids, grads) -> (all_ids, all_grads)` collects every rank's rows (identity on one
-    process); rows sharing an id are summed before the sign, across ranks too.
+    process); rows sharing an id are summed before the sign, across micro-batches and ranks too.
+    `lr` may be a device scalar (read at every step, as a captured graph needs).
     """
 
-    def __init__(self, puzzle_emb, lr: float, weight_decay: float, backend: Optional[str] = None, gather_rows=None):
-        self.puzzle_emb = puzzle_emb
+    def __init__(self, table: torch.Tensor, lr, weight_decay: float, backend: Optional[str] = None, gather_rows=None):
+        self.table = table
         self.lr = lr
         self.weight_decay = weight_decay
         self.backend = backend
         self.gather_rows = gather_rows
 
     @torch.no_grad()
-    def step(self) -> None:
-        rows = self.puzzle_emb.local_rows
-        if rows is None or rows.grad is None:
-            return
-        ids, grads = self.puzzle_emb.local_ids, rows.grad
+    def step(self, ids: torch.Tensor, grads: torch.Tensor) -> None:
         if self.gather_rows is not None:
             ids, grads = self.gather_rows(ids, grads)
-        _optimizer_ops().sign_sgd_rows_(
-            self.puzzle_emb.weights, ids, grads, self.lr, self.weight_decay, backend=self.backend
-        )
-
-    def zero_grad(self) -> None:
-        rows = self.puzzle_emb.local_rows
-        if rows is not None:
-            rows.grad = None
+        _optimizer_ops().sign_sgd_rows_(self.table, ids, grads, self.lr, self.weight_decay, backend=self.backend)
