@@ -50,6 +50,11 @@ class MazeSettings:
     num_test: int = 1000
     seed: int = 0
     augment: bool = False
+    # "corridors" (spanning-tree corridors) or "random" (walls cell by cell, as Maze-Hard); the
+    # random style draws each maze's wall share from [wall_share_min, wall_share_max].
+    style: str = "corridors"
+    wall_share_min: float = 0.3
+    wall_share_max: float = 0.5
 
 
 @dataclass
@@ -116,6 +121,7 @@ CHOICES = {
     "engine": ("fast", "reference"),
     "backend": ("auto", "torch", "triton", "cuda"),
     "model.pos_encodings": ("rope", "learned", "none"),
+    "maze.style": ("corridors", "random"),
     "model.forward_dtype": ("float32", "bfloat16", "float16"),
 }
 
@@ -339,6 +345,8 @@ def validate(cfg: TrainConfig) -> None:
     maze = cfg.maze
     need(maze.size >= 3, f"maze.size must be >= 3, got {maze.size}")
     need(maze.num_train >= 1 and maze.num_test >= 1, "maze.num_train and maze.num_test must be >= 1")
+    need(0.0 <= maze.wall_share_min <= maze.wall_share_max < 1.0,
+         f"maze.wall_share_min/max must satisfy 0 <= min <= max < 1, got {maze.wall_share_min}/{maze.wall_share_max}")
 
 
 def get_field(cfg: TrainConfig, path: str) -> Any:

@@ -9,7 +9,7 @@ Contract for `step_fn(inputs) -> outputs`:
 - reads its per-step data only from the `inputs` tensors (copied into static buffers before replay);
 - keeps all other state (model, optimizer moments, EMA, ACT carry, lr and step counters) in tensors it
   updates IN PLACE, with learning rate and step count held as device tensors, never Python numbers;
-- returns a dict of tensors (metrics), read on the host only when needed;
+- returns tensors (metrics), read on the host only when needed;
 - does no host synchronisation, and zeroes gradients IN PLACE at its start (`zero_grads_`), never
   setting them to None: backward then accumulates into the same tensors every step, so their
   addresses are the same in the warm-up steps, in the capture and in every replay. The fused

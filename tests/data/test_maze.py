@@ -178,3 +178,58 @@ def test_bad_requests_raise_data_error():
         mz.shortest_path_count(np.full((3, 3), mz.OPEN, np.uint8))
     with pytest.raises(DataError, match="square"):
         mz.shortest_path_count(np.full((2, 3), mz.OPEN, np.uint8))
+
+
+# ----------------------------------------------------------------------------------------------
+# Random-wall style (Maze-Hard's): walls cell by cell, unique shortest path made by walling.
+
+
+@pytest.mark.parametrize("size, count", [(8, 40), (12, 20)])
+def test_random_style_has_a_unique_long_shortest_path_by_independent_count(size, count):
+    inputs, labels, lengths = mz.generate_mazes(count, size, seed=3, style="random", return_lengths=True)
+    threshold = mz.default_min_path_length(size)
+    for question, answer, length in zip(inputs, labels, lengths):
+        assert walk_count_reference(question, size) == (length, 1)  # unique shortest path, by walk counting
+        assert length >= threshold
+        assert mz.check_maze_pair(question, answer, size) == length  # the label is that path
+
+
+def test_random_style_looks_like_random_walls_not_corridors():
+    inputs, _ = mz.generate_mazes(30, 10, seed=0, style="random", wall_share=(0.3, 0.5))
+    grids = inputs.reshape(-1, 10, 10)
+    walls = (grids == mz.WALL).mean(axis=(1, 2))
+    # the drawn share plus the cells walled to make the path unique; never the lattice's ~50%+ regularity
+    assert 0.25 < walls.mean() < 0.6
+    corridors, _ = mz.generate_mazes(30, 10, seed=0)
+    # corridor mazes open cells on the two-apart lattice and its links (plus a few openings), so an
+    # all-open 2x2 block is rare there and common with random walls
+    def open_2x2_blocks(batch):
+        g = batch.reshape(-1, 10, 10) != mz.WALL
+        return int((g[:, :-1, :-1] & g[:, 1:, :-1] & g[:, :-1, 1:] & g[:, 1:, 1:]).sum())
+    assert open_2x2_blocks(inputs) > 10 * max(1, open_2x2_blocks(corridors))
+
+
+def test_random_style_is_deterministic_and_differs_from_corridors():
+    first = mz.generate_mazes(5, 8, seed=7, style="random")
+    again = mz.generate_mazes(5, 8, seed=7, style="random")
+    other = mz.generate_mazes(5, 8, seed=8, style="random")
+    assert np.array_equal(first[0], again[0]) and np.array_equal(first[1], again[1])
+    assert not np.array_equal(first[0], other[0])
+    assert not np.array_equal(first[0], mz.generate_mazes(5, 8, seed=7)[0])
+
+
+def test_random_style_dataset_keeps_train_and_test_disjoint_up_to_symmetry(tmp_path):
+    from trm_fast.data import build_maze_dataset, load_split
+
+    folder = build_maze_dataset(tmp_path / "random", size=8, num_train=60, num_test=30, seed=2, style="random")
+    train, test = load_split(folder, "train"), load_split(folder, "test")
+    train_keys = {mz.canonical_key(np.asarray(g).reshape(8, 8)) for g in train.inputs}
+    test_keys = {mz.canonical_key(np.asarray(g).reshape(8, 8)) for g in test.inputs}
+    assert len(train_keys) == 60 and len(test_keys) == 30 and not train_keys & test_keys
+
+
+def test_bad_style_or_wall_share_is_a_data_error():
+    with pytest.raises(DataError, match="style must be one of corridors, random"):
+        mz.generate_mazes(1, 8, style="spiral")
+    with pytest.raises(DataError, match="wall_share"):
+        mz.generate_mazes(1, 8, style="random", wall_share=(0.6, 0.4))

@@ -27,6 +27,7 @@ from trm_fast.data.errors import DataError
 from trm_fast.data.loader import IGNORE_INDEX, EvalBatches, TrainSampler
 from trm_fast.data.maze import (
     CHARSET,
+    STYLES,
     VOCAB_SIZE,
     check_maze_pair,
     default_min_path_length,
@@ -37,7 +38,7 @@ from trm_fast.data.maze import (
 )
 
 __all__ = [
-    "CHARSET", "VOCAB_SIZE", "IGNORE_INDEX", "DataError",
+    "CHARSET", "STYLES", "VOCAB_SIZE", "IGNORE_INDEX", "DataError",
     "generate_mazes", "render_maze", "dihedral", "shortest_path_count", "check_maze_pair",
     "default_min_path_length",
     "PuzzleMetadata", "PuzzleSet", "PuzzleSplit", "load_split", "write_split", "write_maze_split",

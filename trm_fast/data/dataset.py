@@ -435,11 +435,13 @@ def _publish(tmp: Path, out: Path, params: dict) -> None:
 
 def build_maze_dataset(out_dir: str | os.PathLike, size: int = 30, num_train: int = 1000,
                        num_test: int = 1000, seed: int = 0, augment: bool = False,
-                       min_path_length: int | None = None) -> Path:
+                       min_path_length: int | None = None, style: str = "corridors",
+                       wall_share: tuple[float, float] = maze_gen.DEFAULT_WALL_SHARE) -> Path:
     """Generate a maze dataset folder in the reference layout, or reuse a matching one.
 
     Train and test come from different streams of the generator and share no maze, not even up to
-    a symmetry (test is drawn first, train skips anything it contains). Augmentation (8 dihedral
+    a symmetry (test is drawn first, train skips anything it contains). `style` is the generator's
+    ("corridors" or "random", see trm_fast.data.maze), `wall_share` the random style's wall range. Augmentation (8 dihedral
     images per maze, train only) follows the reference maze builder. The build parameters are
     recorded in `trm_fast_build.json`; a folder whose record matches is returned untouched, any
     other content is replaced. The folder is written under a temporary name and renamed into
@@ -449,12 +451,15 @@ def build_maze_dataset(out_dir: str | os.PathLike, size: int = 30, num_train: in
     min_len = maze_gen.default_min_path_length(size) if min_path_length is None else int(min_path_length)
     params = dict(kind="maze", version=MAZE_BUILD_VERSION, size=int(size), num_train=int(num_train),
                   num_test=int(num_test), seed=int(seed), augment=bool(augment), min_path_length=min_len)
+    if style != "corridors":  # corridor folders keep the record (and cache) they had before styles existed
+        params.update(style=style, wall_share=[float(v) for v in wall_share])
     if _build_info_matches(out, params):
         return out
 
     seen: set[bytes] = set()
-    test = maze_gen.generate_mazes(num_test, size, min_len, seed, stream=1, exclude=seen)
-    train = maze_gen.generate_mazes(num_train, size, min_len, seed, stream=0, exclude=seen)
+    styled = dict(style=style, wall_share=tuple(wall_share))
+    test = maze_gen.generate_mazes(num_test, size, min_len, seed, stream=1, exclude=seen, **styled)
+    train = maze_gen.generate_mazes(num_train, size, min_len, seed, stream=0, exclude=seen, **styled)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.building-{uuid.uuid4().hex[:8]}")

@@ -24,6 +24,15 @@ How a maze is made (everything seeded, one per-maze stream, O(size^2) work per m
     and unique; the distances are recomputed after each loop-making opening.
  4. The result is re-checked by BFS path counting (`shortest_path_count`) before it is returned.
 Duplicates are removed up to the 8 dihedral symmetries.
+
+Style "random" (as in Lehnert et al. 2024, "Beyond A*", which Maze-Hard follows): every cell is a
+wall with a probability drawn per maze from `wall_share` (30-50% by default). S is the far end of a
+double BFS sweep from a random open cell, G a random cell at least the threshold (and a random
+60-100% of the farthest distance) away; attempts whose open cells cannot reach the threshold are
+rejected. The shortest path is then made unique by keeping one shortest path P (walked back from G
+with random choices) and walling every other cell that lies on some shortest path: any competing
+shortest path used such a cell, and P itself is untouched, so P is the only one left. Re-checked by
+BFS path counting like the corridor style.
 """
 from __future__ import annotations
 
@@ -41,7 +50,10 @@ CHARSET = "# SGo"  # characters of tokens 1..5, as in the reference CSV files
 _RENDER_CHARS = "." + CHARSET  # PAD shown as '.'
 
 MIN_SIZE = 4
-_MAX_TRIES_PER_MAZE = 500
+STYLES = ("corridors", "random")
+DEFAULT_WALL_SHARE = (0.3, 0.5)
+# Attempts in a row before giving up: random walls reach Maze-Hard lengths in ~1% of attempts.
+_MAX_TRIES_PER_MAZE = {"corridors": 500, "random": 20000}
 
 
 def default_min_path_length(size: int) -> int:
@@ -261,16 +273,56 @@ def _make_one(size: int, min_len: int, rnd: random.Random) -> tuple[np.ndarray, 
         dist_s = _bfs(passable, start, neighbours)
         dist_g = _bfs(passable, goal, neighbours)
 
+    # Walk back from G along strictly decreasing distance to S (unique by construction).
+    path_cells = []
+    cell = goal
+    while dist_s[cell] > 1:
+        cell = next(u for u in neighbours[cell] if dist_s[u] == dist_s[cell] - 1)
+        path_cells.append(cell)
+    return _finish(size, passable, start, goal, path_cells, length)
+
+
+def _make_random(size: int, min_len: int, rnd: random.Random, wall_share: tuple[float, float]):
+    """One random-wall maze (inputs, labels, path length), or None when this attempt was too short."""
+    neighbours = _neighbours(size)
+    share = wall_share[0] + (wall_share[1] - wall_share[0]) * rnd.random()
+    passable = [rnd.random() >= share for _ in range(size * size)]
+    open_list = [c for c, ok in enumerate(passable) if ok]
+    if len(open_list) <= min_len:
+        return None
+    sweep = _bfs(passable, open_list[rnd.randrange(len(open_list))], neighbours)
+    if 2 * max(sweep) < min_len:  # no two cells of this component are min_len apart
+        return None
+    start = max(range(len(sweep)), key=sweep.__getitem__)
+    dist_s = _bfs(passable, start, neighbours)
+    farthest = max(dist_s)
+    if farthest < min_len:
+        return None
+    need = max(min_len, int(np.ceil((0.6 + 0.4 * rnd.random()) * farthest)))
+    candidates = [c for c, d in enumerate(dist_s) if d >= need]
+    goal = candidates[rnd.randrange(len(candidates))]
+    dist_g = _bfs(passable, goal, neighbours)
+    length = dist_s[goal]
+
+    # Keep one shortest path, wall the other cells of every shortest path.
+    path = [goal]
+    while dist_s[path[-1]] > 0:
+        steps_back = [u for u in neighbours[path[-1]] if dist_s[u] == dist_s[path[-1]] - 1 and dist_g[u] == dist_g[path[-1]] + 1]
+        path.append(steps_back[rnd.randrange(len(steps_back))])
+    kept = set(path)
+    for cell in range(size * size):
+        if passable[cell] and dist_s[cell] >= 0 and dist_g[cell] >= 0 and dist_s[cell] + dist_g[cell] == length and cell not in kept:
+            passable[cell] = False
+    return _finish(size, passable, start, goal, path[1:-1], length)
+
+
+def _finish(size: int, passable: list[bool], start: int, goal: int, path_cells, length: int):
+    """Token grids of a maze whose unique shortest path is `path_cells` (S and G excluded), re-checked."""
     inputs = np.where(np.array(passable), OPEN, WALL).astype(np.uint8)
     inputs[start] = START
     inputs[goal] = GOAL
     labels = inputs.copy()
-    # Walk back from G along strictly decreasing distance to S (unique by construction).
-    cell = goal
-    while dist_s[cell] > 1:
-        cell = next(u for u in neighbours[cell] if dist_s[u] == dist_s[cell] - 1)
-        labels[cell] = PATH
-
+    labels[list(path_cells)] = PATH
     checked_length, paths = shortest_path_count(inputs, size)
     if checked_length != length or paths != 1:  # cannot happen unless the logic above is broken
         raise AssertionError(f"maze generator produced length {checked_length} with {paths} shortest paths")
@@ -282,7 +334,13 @@ def _maze_seed(seed: int, stream: int, index: int) -> int:
     return int(state[0]) << 32 | int(state[1])
 
 
-def _check_request(count: int, size: int, min_path_length: int | None) -> int:
+def _check_request(count: int, size: int, min_path_length: int | None, style: str = "corridors",
+                   wall_share: tuple[float, float] = DEFAULT_WALL_SHARE) -> int:
+    if style not in STYLES:
+        raise DataError("generate_mazes", f"style must be one of {', '.join(STYLES)}, got {style!r}")
+    low, high = wall_share
+    if not 0.0 <= low <= high < 1.0:
+        raise DataError("generate_mazes", f"wall_share must be a range within [0, 1), got {wall_share!r}")
     if not isinstance(size, (int, np.integer)) or size < MIN_SIZE:
         raise DataError("generate_mazes", f"size must be an integer >= {MIN_SIZE}, got {size!r}")
     if count < 0:
@@ -294,24 +352,26 @@ def _check_request(count: int, size: int, min_path_length: int | None) -> int:
 
 
 def iter_mazes(size: int = 30, min_path_length: int | None = None, seed: int = 0, stream: int = 0,
-               exclude: set[bytes] | None = None):
+               exclude: set[bytes] | None = None, style: str = "corridors",
+               wall_share: tuple[float, float] = DEFAULT_WALL_SHARE):
     """Endless deterministic stream of (inputs, labels, path_length) with distinct mazes.
 
-    Maze number i of (seed, stream) only depends on those three numbers; mazes whose dihedral
+    Maze number i of (seed, stream, style) only depends on those; mazes whose dihedral
     `canonical_key` is in `exclude` (or already produced) are skipped, and `exclude` is extended.
     """
-    min_len = _check_request(0, size, min_path_length)
+    min_len = _check_request(0, size, min_path_length, style, wall_share)
+    max_tries = _MAX_TRIES_PER_MAZE[style]
     seen = exclude if exclude is not None else set()
     index = 0
     misses = 0
     while True:
         rnd = random.Random(_maze_seed(seed, stream, index))
         index += 1
-        maze = _make_one(size, min_len, rnd)
+        maze = _make_one(size, min_len, rnd) if style == "corridors" else _make_random(size, min_len, rnd, wall_share)
         key = None if maze is None else canonical_key(maze[0].reshape(size, size))
         if maze is None or key in seen:
             misses += 1
-            if misses >= _MAX_TRIES_PER_MAZE:
+            if misses >= max_tries:
                 raise DataError("generate_mazes", f"no new {size}x{size} maze with a path of "
                                 f">= {min_len} moves in {misses} attempts in a row (too few "
                                 f"distinct mazes of that size, or the length is out of reach)")
@@ -323,18 +383,19 @@ def iter_mazes(size: int = 30, min_path_length: int | None = None, seed: int = 0
 
 def generate_mazes(count: int, size: int = 30, min_path_length: int | None = None, seed: int = 0,
                    *, stream: int = 0, exclude: set[bytes] | None = None,
-                   return_lengths: bool = False):
+                   return_lengths: bool = False, style: str = "corridors",
+                   wall_share: tuple[float, float] = DEFAULT_WALL_SHARE):
     """`count` distinct mazes: (inputs uint8 [count, size*size], labels uint8 [count, size*size]).
 
     Deterministic in (seed, stream). Every maze has a unique shortest S->G path of at least
     `min_path_length` moves (default `default_min_path_length(size)`). With `return_lengths` a
     third int32 array holds each path length.
     """
-    min_len = _check_request(count, size, min_path_length)
+    min_len = _check_request(count, size, min_path_length, style, wall_share)
     inputs = np.empty((count, size * size), np.uint8)
     labels = np.empty((count, size * size), np.uint8)
     lengths = np.empty(count, np.int32)
-    stream_of_mazes = iter_mazes(size, min_len, seed, stream, exclude)
+    stream_of_mazes = iter_mazes(size, min_len, seed, stream, exclude, style, wall_share)
     for row in range(count):
         inputs[row], labels[row], lengths[row] = next(stream_of_mazes)
     return (inputs, labels, lengths) if return_lengths else (inputs, labels)

@@ -39,6 +39,8 @@ def dataset_dir(cfg: TrainConfig) -> Path:
         return Path(cfg.data_dir)
     maze = cfg.maze
     name = f"maze-{maze.size}x{maze.size}-train{maze.num_train}-test{maze.num_test}-seed{maze.seed}"
+    if maze.style != "corridors":
+        name += f"-{maze.style}{maze.wall_share_min:g}-{maze.wall_share_max:g}"
     return Path("data") / (name + ("-aug" if maze.augment else ""))
 
 
@@ -49,7 +51,8 @@ def prepare_dataset(cfg: TrainConfig, context: dist_lib.DistContext) -> Path:
         if context.is_main:
             maze = cfg.maze
             build_maze_dataset(folder, size=maze.size, num_train=maze.num_train, num_test=maze.num_test,
-                               seed=maze.seed, augment=maze.augment)
+                               seed=maze.seed, augment=maze.augment, style=maze.style,
+                               wall_share=(maze.wall_share_min, maze.wall_share_max))
         dist_lib.barrier(context)
     elif not folder.is_dir():
         raise DataError(folder, "dataset folder not found (expected train/ and test/ in the reference layout)")
