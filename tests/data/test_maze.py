@@ -233,3 +233,10 @@ def test_bad_style_or_wall_share_is_a_data_error():
         mz.generate_mazes(1, 8, style="spiral")
     with pytest.raises(DataError, match="wall_share"):
         mz.generate_mazes(1, 8, style="random", wall_share=(0.6, 0.4))
+
+
+def test_random_style_reaches_maze_hard_lengths_on_30x30():
+    inputs, labels, lengths = mz.generate_mazes(3, 30, seed=0, style="random", return_lengths=True)
+    for question, length in zip(inputs, lengths):
+        assert length > 110 and walk_count_reference(question, 30) == (length, 1)
+        assert 0.3 <= (question == mz.WALL).mean() <= 0.6  # still a field of scattered walls

@@ -27,12 +27,15 @@ Duplicates are removed up to the 8 dihedral symmetries.
 
 Style "random" (as in Lehnert et al. 2024, "Beyond A*", which Maze-Hard follows): every cell is a
 wall with a probability drawn per maze from `wall_share` (30-50% by default). S is the far end of a
-double BFS sweep from a random open cell, G a random cell at least the threshold (and a random
-60-100% of the farthest distance) away; attempts whose open cells cannot reach the threshold are
-rejected. The shortest path is then made unique by keeping one shortest path P (walked back from G
-with random choices) and walling every other cell that lies on some shortest path: any competing
-shortest path used such a cell, and P itself is untouched, so P is the only one left. Re-checked by
-BFS path counting like the corridor style.
+double BFS sweep from a random open cell, G a random cell a random 60-100% of the farthest distance
+away. Random walls alone reach Maze-Hard's > 110 moves on 30x30 in only ~1% of draws (too slow to
+sample), so a shorter S->G distance is lengthened by walling random cells of the current shortest
+path, one at a time, never one that would cut S from G, within a budget of 1/8 of the open cells:
+the grid stays a field of scattered walls (the extra walls are a few % of the cells), only the
+shortcuts are gone. The shortest path is then made unique by keeping one shortest path P (walked
+back from G with random choices) and walling every other cell that lies on some shortest path: any
+competing shortest path used such a cell, and P itself is untouched, so P is the only one left.
+Re-checked by BFS path counting like the corridor style.
 """
 from __future__ import annotations
 
@@ -52,8 +55,7 @@ _RENDER_CHARS = "." + CHARSET  # PAD shown as '.'
 MIN_SIZE = 4
 STYLES = ("corridors", "random")
 DEFAULT_WALL_SHARE = (0.3, 0.5)
-# Attempts in a row before giving up: random walls reach Maze-Hard lengths in ~1% of attempts.
-_MAX_TRIES_PER_MAZE = {"corridors": 500, "random": 20000}
+_MAX_TRIES_PER_MAZE = {"corridors": 500, "random": 500}  # attempts in a row before giving up
 
 
 def default_min_path_length(size: int) -> int:
@@ -282,33 +284,58 @@ def _make_one(size: int, min_len: int, rnd: random.Random) -> tuple[np.ndarray, 
     return _finish(size, passable, start, goal, path_cells, length)
 
 
+def _shortest_path(dist_s: list[int], goal: int, neighbours, rnd: random.Random, dist_g=None) -> list[int]:
+    """One shortest path G -> S (cells in that order), each step back chosen at random among the
+    neighbours one move closer to S (and, with `dist_g`, one move farther from G)."""
+    path = [goal]
+    while dist_s[path[-1]] > 0:
+        cell = path[-1]
+        steps_back = [u for u in neighbours[cell] if dist_s[u] == dist_s[cell] - 1
+                      and (dist_g is None or dist_g[u] == dist_g[cell] + 1)]
+        path.append(steps_back[rnd.randrange(len(steps_back))])
+    return path
+
+
 def _make_random(size: int, min_len: int, rnd: random.Random, wall_share: tuple[float, float]):
-    """One random-wall maze (inputs, labels, path length), or None when this attempt was too short."""
+    """One random-wall maze (inputs, labels, path length), or None when this attempt failed."""
     neighbours = _neighbours(size)
     share = wall_share[0] + (wall_share[1] - wall_share[0]) * rnd.random()
-    passable = [rnd.random() >= share for _ in range(size * size)]
+    passable = (np.random.default_rng(rnd.getrandbits(64)).random(size * size) >= share).tolist()
     open_list = [c for c, ok in enumerate(passable) if ok]
     if len(open_list) <= min_len:
         return None
     sweep = _bfs(passable, open_list[rnd.randrange(len(open_list))], neighbours)
-    if 2 * max(sweep) < min_len:  # no two cells of this component are min_len apart
-        return None
     start = max(range(len(sweep)), key=sweep.__getitem__)
     dist_s = _bfs(passable, start, neighbours)
     farthest = max(dist_s)
-    if farthest < min_len:
+    if farthest < 2:
         return None
-    need = max(min_len, int(np.ceil((0.6 + 0.4 * rnd.random()) * farthest)))
+    need = int(np.ceil((0.6 + 0.4 * rnd.random()) * farthest))
     candidates = [c for c, d in enumerate(dist_s) if d >= need]
     goal = candidates[rnd.randrange(len(candidates))]
+
+    # Too short: wall random cells of the current shortest path (never one whose wall would cut S
+    # from G) until the threshold is reached, within a budget of extra walls.
+    budget = max(4, len(open_list) // 8)
+    bridges: set[int] = set()
+    while dist_s[goal] < min_len:
+        inner = [c for c in _shortest_path(dist_s, goal, neighbours, rnd)[1:-1] if c not in bridges]
+        if not inner or budget == 0:
+            return None
+        cell = inner[rnd.randrange(len(inner))]
+        passable[cell] = False
+        trial = _bfs(passable, start, neighbours)
+        if trial[goal] < 0:
+            passable[cell] = True
+            bridges.add(cell)
+            continue
+        dist_s = trial
+        budget -= 1
     dist_g = _bfs(passable, goal, neighbours)
     length = dist_s[goal]
 
     # Keep one shortest path, wall the other cells of every shortest path.
-    path = [goal]
-    while dist_s[path[-1]] > 0:
-        steps_back = [u for u in neighbours[path[-1]] if dist_s[u] == dist_s[path[-1]] - 1 and dist_g[u] == dist_g[path[-1]] + 1]
-        path.append(steps_back[rnd.randrange(len(steps_back))])
+    path = _shortest_path(dist_s, goal, neighbours, rnd, dist_g)
     kept = set(path)
     for cell in range(size * size):
         if passable[cell] and dist_s[cell] >= 0 and dist_g[cell] >= 0 and dist_s[cell] + dist_g[cell] == length and cell not in kept:
