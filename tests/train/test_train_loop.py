@@ -185,3 +185,17 @@ def test_throughput_is_logged_as_tokens_per_second_and_mfu_on_gpu(tiny_config, t
     figures = trainer.throughput(steps_per_second=2.0)
     step_flops = flops.train_step_flops(trainer.model.config, 8)
     assert figures["mfu"] == pytest.approx(2.0 * step_flops / flops.peak_flops("NVIDIA H200", "float32"))
+
+
+def test_a_failing_compile_falls_back_to_eager_with_one_line(tiny_config, tmp_path, monkeypatch):
+    def broken_compile(model, *args, **kwargs):
+        def compiled(*inputs):
+            raise RuntimeError("C++ compiler not found\nlong details")
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    lines = []
+    result = train(tiny_config("max_steps=3", "compile=true"), tmp_path / "run", progress=False, log=lines.append)
+    assert result.step == 3 and result.final_eval is not None
+    fallback = [line for line in lines if "torch.compile failed" in line]
+    assert fallback == ["torch.compile failed (RuntimeError: C++ compiler not found); training continues eagerly"]

@@ -141,7 +141,7 @@ class Trainer:
         self.use_cuda_graphs = cfg.cuda_graphs and self.device.type == "cuda"
         if self.use_cuda_graphs and ctx.world_size > 1:
             raise ConfigError("cuda_graphs=true supports one process; the gradient all-reduce is not captured")
-        self.train_step = build_train_step(cfg, model_config, self.device, ctx, self._micro_batch_size(model_config))
+        self.train_step = build_train_step(cfg, model_config, self.device, ctx, self._micro_batch_size(model_config), log=self.log)
         self.model, self.ema = self.train_step.model, self.train_step.ema
         self._seed_everything(cfg.seed + ctx.rank)  # per-rank exploration streams, as in the reference
         self.run_step = GraphedStep(self.train_step) if self.use_cuda_graphs else self.train_step

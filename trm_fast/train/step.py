@@ -18,7 +18,7 @@ The trainer keeps scheduling, logging, evaluation and checkpoints.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -39,8 +39,10 @@ class TrainStep:
         ema: Optional[EMA] = None,
         context: Optional[dist_lib.DistContext] = None,
         micro_batch_size: Optional[int] = None,
+        log: Callable[[str], None] = print,
     ):
         self.model = model.train()
+        self.log = log
         self.cfg = cfg
         self.ema = ema
         device = next(model.parameters()).device
@@ -70,6 +72,7 @@ class TrainStep:
                 backend=op_backend, gather_rows=lambda ids, rows: dist_lib.gather_rows(ids, rows, self.context),
             )
         self.forward = torch.compile(model) if cfg.compile else model
+        self.compile_checked = not cfg.compile  # until the first compiled call has succeeded
         self.carries: Optional[list[ACTCarry]] = None  # one per micro-batch, made at the first step
 
     @property
@@ -103,6 +106,21 @@ class TrainStep:
                 tensors += [carry.puzzle_rows.values, carry.puzzle_rows.ids]
         return tensors
 
+    def _forward(self, carry: ACTCarry, micro_batch: dict):
+        """The model's supervision step; a compile that fails (a compiler or toolchain this torch
+        build cannot use) falls back to eager once, with one line, instead of ending the run."""
+        if self.compile_checked:
+            return self.forward(carry, micro_batch)
+        try:
+            result = self.forward(carry, micro_batch)
+        except Exception as error:  # noqa: BLE001 - any compiler failure; the eager model is the same function
+            first_line = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
+            self.log(f"torch.compile failed ({type(error).__name__}: {first_line}); training continues eagerly")
+            self.forward = self.model
+            result = self.forward(carry, micro_batch)
+        self.compile_checked = True
+        return result
+
     def __call__(self, batch: dict) -> torch.Tensor:
         """One optimizer step; returns the metric sums over this process's batch (on the device)."""
         cfg = self.cfg
@@ -114,7 +132,7 @@ class TrainStep:
 
         metric_sums = None
         for carry, micro in zip(self.carries, micro_batches):
-            new_carry, outputs = self.forward(carry, micro)
+            new_carry, outputs = self._forward(carry, micro)
             loss, metrics = act_loss(
                 outputs, new_carry.current_data["labels"], new_carry.halted, new_carry.steps, cfg.loss_type, cfg.backend
             )
@@ -135,6 +153,7 @@ def build_train_step(
     device,
     context: Optional[dist_lib.DistContext] = None,
     micro_batch_size: Optional[int] = None,
+    log: Callable[[str], None] = print,
 ) -> TrainStep:
     """The model (cfg.engine, seeded with cfg.seed; rank 0's weights on every rank), its EMA and the
     step, as the trainer builds them. Benchmarks and tests build theirs here too, from a preset."""
@@ -143,7 +162,7 @@ def build_train_step(
     if context is not None:
         dist_lib.broadcast_module(model, context)
     ema = EMA(model, cfg.ema_rate) if cfg.ema else None
-    return TrainStep(model, cfg, ema=ema, context=context, micro_batch_size=micro_batch_size)
+    return TrainStep(model, cfg, ema=ema, context=context, micro_batch_size=micro_batch_size, log=log)
 
 
 def fast_options(cfg: TrainConfig) -> dict:
