@@ -2,10 +2,13 @@
 
     trm-fast train --dataset maze [--preset maze-cpu] [--run-dir runs/x] [--max-minutes 10] [--set lr=3e-4]
     trm-fast eval  --checkpoint runs/x [--data data/maze-... | mazes.csv]
-    trm-fast solve --checkpoint runs/x [--index 3] [--steps]
+    trm-fast solve --checkpoint runs/x [--index 3] [--steps] [--image solve.png]
+    trm-fast ablate [--preset maze-cpu] [--out DIR] [--only a,b] [--variant NAME:field=value,...] [--seeds K]
+    trm-fast plot RUN_DIR [RUN_DIR ...] --out curves.png
 
-Argument parsing and printing only; the work is in trm_fast.train. Expected failures (bad data,
-config, checkpoint) print one line `trm-fast: error: ...` on stderr and exit with status 2.
+Argument parsing and printing only; the work is in trm_fast.train, trm_fast.study and trm_fast.plots.
+Expected failures (bad data, config, checkpoint) print one line `trm-fast: error: ...` on stderr and
+exit with status 2.
 Set TRM_FAST_DEBUG=1 to see the traceback instead.
 """
 from __future__ import annotations
@@ -181,6 +184,10 @@ def cmd_solve(args) -> int:
     from trm_fast.ops.loss_head import IGNORE_INDEX
     from trm_fast.train.evaluate import batch_to_device, run_all_steps
 
+    if args.image:
+        from trm_fast.plots import check_image_path
+
+        check_image_path(args.image)
     device = _device(args.device)
     model, source, description = load_model_for_eval(args, device)
     if not 0 <= args.index < source.num_examples:
@@ -214,6 +221,50 @@ def cmd_solve(args) -> int:
         print(f"WRONG: {wrong} of {int(labelled.sum())} cells differ")
     else:
         print("CORRECT")
+    if args.image:
+        from trm_fast import plots
+
+        figure = plots.solve_figure(
+            example["inputs"], [answer for answer, _ in answers], [q for _, q in answers], labels,
+            vocab_size=source.metadata.vocab_size, ignore_index=IGNORE_INDEX,
+            title=f"{source.name}, example {args.index} - {description}")
+        print(f"wrote {plots.save_figure(figure, args.image)}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
+# ablate / plot
+
+
+def _split_names(text: Optional[str]) -> Optional[list[str]]:
+    return None if text is None else [name for name in text.split(",")]
+
+
+def cmd_ablate(args) -> int:
+    import shlex
+
+    from trm_fast import study as study_lib
+
+    study = study_lib.make_study(
+        out=args.out, preset=args.preset, variants=args.variant, only=_split_names(args.only), seeds=args.seeds,
+        sets=args.set, max_steps=args.max_steps, max_minutes=args.max_minutes, dataset=args.dataset,
+        data_dir=args.data_dir, device=args.device, backend=args.backend,
+    )
+    command = "trm-fast " + shlex.join(args.argv) if args.argv is not None else None
+    result = study_lib.run_study(study, jobs=args.jobs, progress=not args.no_progress, command=command)
+    if result.outputs:
+        print(study_lib.markdown_table(result.report))
+        print("wrote " + ", ".join(str(path) for path in result.outputs.values()))
+    return 130 if result.interrupted else 0
+
+
+def cmd_plot(args) -> int:
+    from trm_fast import plots
+    from trm_fast.study import load_runs
+
+    plots.check_image_path(args.out)
+    runs = load_runs(args.run_dirs)
+    print(f"wrote {plots.save_figure(plots.runs_figure(runs), args.out)}")
     return 0
 
 
@@ -224,7 +275,7 @@ def make_parser() -> argparse.ArgumentParser:
     from trm_fast import config as config_lib
 
     parser = _Parser(prog=PROG, description="Train and run Tiny Recursive Models (TRM).")
-    commands = parser.add_subparsers(dest="command", metavar="{train,eval,solve}", parser_class=_Parser)
+    commands = parser.add_subparsers(dest="command", metavar="{train,eval,solve,ablate,plot}", parser_class=_Parser)
 
     train = commands.add_parser("train", help="train a model (resumable)")
     train.add_argument("--dataset", default=None,
@@ -264,7 +315,42 @@ def make_parser() -> argparse.ArgumentParser:
         else:
             sub.add_argument("--index", type=int, default=0)
             sub.add_argument("--steps", action="store_true", help="show the answer after every supervision step")
+            sub.add_argument("--image", metavar="FILE.png", default=None,
+                             help="also draw the question and the answer after every supervision step into an image")
             sub.set_defaults(handler=cmd_solve)
+
+    from trm_fast import study as study_lib
+
+    ablate = commands.add_parser(
+        "ablate", help="the tutorial's ablation study: variants of one config trained side by side, compared",
+        description="Train variants of one base config (default: the tutorial's baseline, no-ema, less-recursion, "
+                    "bigger-brain) and write ablation.png, ablation.md and ablation.json into --out. Running the "
+                    "same command again reuses finished runs and resumes unfinished ones.")
+    ablate.add_argument("--dataset", default=None, help='"maze" (default) or a reference-layout folder')
+    ablate.add_argument("--preset", choices=sorted(config_lib.PRESETS), default=None,
+                        help="base config: maze-paper (scaled to a short schedule) with CUDA, maze-cpu without")
+    ablate.add_argument("--data-dir", default=None, help="where built-in data is generated/cached")
+    ablate.add_argument("--out", default=None, help="study directory (default: runs/ablation-<preset>)")
+    ablate.add_argument("--only", default=None, metavar="A,B", help="train only these variants now")
+    ablate.add_argument("--variant", action="append", metavar="NAME:FIELD=VALUE,...",
+                        help="a variant as overrides of the base config (repeatable; replaces the default four; "
+                             f"a built-in name alone is that variant: {', '.join(study_lib.DEFAULT_VARIANT_NAMES)})")
+    ablate.add_argument("--seeds", type=int, default=1, metavar="K", help="train every variant with K seeds")
+    budget = ablate.add_mutually_exclusive_group()
+    budget.add_argument("--max-steps", type=int, default=None, help="budget per variant in steps (the schedule's length)")
+    budget.add_argument("--max-minutes", type=float, default=None, help="budget per variant in minutes of training")
+    ablate.add_argument("--set", action="append", metavar="FIELD=VALUE", help="override a field of the base config")
+    ablate.add_argument("--jobs", type=int, default=None,
+                        help="runs trained at a time, each in its own process (default 1; more only with idle cores)")
+    ablate.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)
+    ablate.add_argument("--backend", choices=("auto", "torch", "triton", "cuda"), default=None)
+    ablate.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ablate.set_defaults(handler=cmd_ablate)
+
+    plot = commands.add_parser("plot", help="draw training curves of run directories (loss, exact accuracy, lr)")
+    plot.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories (a study directory: all its runs)")
+    plot.add_argument("--out", required=True, metavar="FILE.png")
+    plot.set_defaults(handler=cmd_plot)
     return parser
 
 
@@ -273,6 +359,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         parser = make_parser()
         args = parser.parse_args(argv)
+        args.argv = list(argv) if argv is not None else sys.argv[1:]
         if args.command is None:
             parser.print_help(sys.stderr)
             return 2

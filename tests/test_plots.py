@@ -1,0 +1,116 @@
+"""`trm-fast plot` and `trm-fast solve --image` write valid pictures; their figures hold what they should."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from trm_fast import plots
+from trm_fast.cli import main
+from trm_fast.study import load_run
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+TINY_SETS = [
+    "maze.size=6", "maze.num_train=48", "maze.num_test=8", "model.hidden_size=32", "model.num_heads=2",
+    "model.h_cycles=2", "model.l_cycles=1", "model.puzzle_emb_len=1", "model.halt_max_steps=3",
+    "global_batch_size=8", "lr_warmup_steps=2", "log_interval=2", "eval_interval=2", "eval_examples=8",
+    "checkpoint_interval=none", "eval_batch_size=8",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("plots")
+    args = ["train", "--dataset", "maze", "--preset", "maze-cpu", "--data-dir", str(root / "data"), "--run-dir",
+            str(root / "run"), "--max-steps", "4", "--device", "cpu", "--backend", "torch", "--no-progress"]
+    for item in TINY_SETS:
+        args += ["--set", item]
+    assert main(args) == 0
+    return root / "run"
+
+
+def read_png(path: Path) -> np.ndarray:
+    from matplotlib import image
+
+    assert path.read_bytes()[:8] == PNG_SIGNATURE
+    return image.imread(path)
+
+
+def one_error_line(capsys, expected: str):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("trm-fast: error: ") and expected in err[0], err[0]
+
+
+def test_plot_writes_a_png_of_loss_accuracy_and_lr(tiny_run, tmp_path, capsys):
+    out = tmp_path / "curves.png"
+    assert main(["plot", str(tiny_run), "--out", str(out)]) == 0
+    assert f"wrote {out}" in capsys.readouterr().out
+    pixels = read_png(out)
+    assert pixels.ndim == 3 and pixels.shape[0] > 200 and pixels.shape[1] > 600
+
+    records = [json.loads(line) for line in (tiny_run / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if "train/lm_loss" in r]
+    figure = plots.runs_figure([load_run(tiny_run), load_run(tiny_run)])
+    loss_axes, exact_axes, lr_axes = figure.axes
+    assert len(loss_axes.get_lines()) == 2 and len(lr_axes.get_lines()) == 2
+    assert len(exact_axes.get_lines()) == 4  # training and held-out per run
+    assert list(loss_axes.get_lines()[0].get_ydata()) == [r["train/lm_loss"] for r in train]
+    assert list(lr_axes.get_lines()[0].get_ydata()) == [r["train/lr"] for r in train]
+    held_out = exact_axes.get_lines()[1]
+    assert list(held_out.get_xdata()) == [2, 4]  # the evaluation at step 2, then the final one at 4
+    assert held_out.get_ydata()[-1] == pytest.approx(100 * records[-1]["test/exact_accuracy"])
+
+
+def test_solve_image_draws_every_supervision_step(tiny_run, tmp_path, capsys):
+    out = tmp_path / "solve.png"
+    assert main(["solve", "--checkpoint", str(tiny_run), "--index", "1", "--image", str(out), "--device", "cpu",
+                 "--backend", "torch"]) == 0
+    printed = capsys.readouterr().out
+    assert f"wrote {out}" in printed and ("CORRECT" in printed) != ("WRONG" in printed)
+    pixels = read_png(out)
+    assert pixels.shape[1] > pixels.shape[0] > 100
+
+
+def test_solve_figure_panels_mark_wrong_cells_and_halting():
+    # A 4x4 maze: S at 0, G at 15; the answer after step 1 misses two path cells, step 2 is right.
+    question = np.array([3, 2, 1, 1, 1, 2, 1, 1, 1, 2, 2, 2, 1, 1, 1, 4])
+    labels = np.array([3, 5, 1, 1, 1, 5, 1, 1, 1, 5, 5, 5, 1, 1, 1, 4])
+    first = labels.copy()
+    first[[9, 10]] = 2
+    figure = plots.solve_figure(question, [first, labels], [-1.5, 2.0], labels, vocab_size=6)
+    titled = [axes for axes in figure.axes if axes.get_title()]
+    titles = [axes.get_title() for axes in titled]
+    assert titles[0] == "question" and titles[-1] == "expected" and len(titles) == 4
+    assert "q_halt -1.50" in titles[1] and "wrong (2 cells)" in titles[1] and "halts" not in titles[1]
+    assert "q_halt +2.00 - halts" in titles[2] and "solved" in titles[2]
+    crosses = titled[1].collections[0].get_offsets()
+    assert sorted(map(tuple, np.asarray(crosses).tolist())) == [(1.0, 2.0), (2.0, 2.0)]  # (column, row)
+    assert not titled[2].collections
+    image = titled[1].get_images()[0].get_array()
+    assert image.shape == (4, 4) and image[0, 0] == 3 and image[3, 3] == 4
+
+
+def test_solve_figure_draws_other_data_as_a_token_grid(tmp_path):
+    rng = np.random.default_rng(0)
+    question = rng.integers(0, 11, size=81)
+    labels = rng.integers(1, 11, size=81)
+    figure = plots.solve_figure(question, [labels, labels], [0.5, 0.7], labels, vocab_size=11)
+    question_axes = figure.axes[0]
+    assert question_axes.get_images()[0].get_array().shape == (9, 9)
+    assert len(question_axes.texts) == 81  # the token ids are written in the cells
+    plots.save_figure(figure, tmp_path / "sudoku.png")
+    assert read_png(tmp_path / "sudoku.png").ndim == 3
+
+
+def test_plot_bad_arguments_give_one_line(tiny_run, tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["plot", str(empty), "--out", str(tmp_path / "x.png")]) == 2
+    one_error_line(capsys, f"{empty}: no metrics.jsonl")
+    assert main(["plot", str(tiny_run), "--out", str(tmp_path / "x.nope")]) == 2
+    one_error_line(capsys, "unknown image type '.nope'")
+    assert main(["plot", str(tiny_run)]) == 2
+    one_error_line(capsys, "--out")
+    assert main(["solve", "--checkpoint", str(tiny_run), "--image", str(tmp_path / "x.nope"), "--device", "cpu"]) == 2
+    one_error_line(capsys, "unknown image type")
