@@ -185,3 +185,18 @@ def test_gpu_out_of_memory_is_one_line_with_a_remedy(monkeypatch, capsys):
     error = capsys.readouterr().err.strip()
     assert code == 2
     assert error.count("\n") == 0 and "out of GPU memory" in error and "micro_batch_size" in error
+
+
+def test_data_maze_writes_a_folder_and_csv_files_that_read_back(tmp_path, capsys):
+    from trm_fast.data import load_split, read_maze_csv, shortest_path_count
+
+    out = tmp_path / "random-8"
+    assert main(["data", "maze", "--out", str(out), "--size", "8", "--num-train", "20", "--num-test", "10", "--csv"]) == 0
+    printed = capsys.readouterr().out
+    assert "20 train + 10 test 8x8 random-style mazes" in printed and "S" in printed and "o" in printed
+    test = load_split(out, "test")
+    records = read_maze_csv(out / "test.csv")  # validates every row (path, characters, S/G)
+    assert len(records) == 10 and (records.inputs == test.inputs).all()
+    assert all(shortest_path_count(grid, 8)[1] == 1 for grid in records.inputs)
+    assert main(["data", "maze", "--out", str(tmp_path / "x"), "--style", "spiral"]) == 2
+    one_error_line(capsys, "invalid choice")

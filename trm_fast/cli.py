@@ -5,6 +5,7 @@
     trm-fast solve --checkpoint runs/x [--index 3] [--steps] [--image solve.png]
     trm-fast ablate [--preset maze-cpu] [--out DIR] [--only a,b] [--variant NAME:field=value,...] [--seeds K]
     trm-fast plot RUN_DIR [RUN_DIR ...] --out curves.png
+    trm-fast data maze --out DIR [--style random] [--size 30] [--csv]
 
 Argument parsing and printing only; the work is in trm_fast.train, trm_fast.study and trm_fast.plots.
 Expected failures (bad data, config, checkpoint) print one line `trm-fast: error: ...` on stderr and
@@ -233,6 +234,27 @@ def cmd_solve(args) -> int:
 
 
 # ----------------------------------------------------------------------------------------------
+# data
+
+
+def cmd_data_maze(args) -> int:
+    from trm_fast.data import build_maze_dataset, load_split, render_maze, write_maze_csv
+
+    folder = build_maze_dataset(args.out, size=args.size, num_train=args.num_train, num_test=args.num_test,
+                                seed=args.seed, style=args.style, wall_share=(args.wall_share_min, args.wall_share_max))
+    print(f"wrote {folder}: {args.num_train} train + {args.num_test} test {args.size}x{args.size} {args.style}-style mazes "
+          f"(reference layout; disjoint up to symmetry)")
+    for split in ("train", "test"):
+        data = load_split(folder, split)
+        if args.csv:
+            print(f"wrote {write_maze_csv(folder / f'{split}.csv', data.inputs, data.labels)}")
+        if split == "test":
+            print("test maze 0, solved:")
+            print(render_maze(data.labels[0], args.size))
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------
 # ablate / plot
 
 
@@ -275,7 +297,7 @@ def make_parser() -> argparse.ArgumentParser:
     from trm_fast import config as config_lib
 
     parser = _Parser(prog=PROG, description="Train and run Tiny Recursive Models (TRM).")
-    commands = parser.add_subparsers(dest="command", metavar="{train,eval,solve,ablate,plot}", parser_class=_Parser)
+    commands = parser.add_subparsers(dest="command", metavar="{train,eval,solve,ablate,plot,data}", parser_class=_Parser)
 
     train = commands.add_parser("train", help="train a model (resumable)")
     train.add_argument("--dataset", default=None,
@@ -351,6 +373,23 @@ def make_parser() -> argparse.ArgumentParser:
     plot.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories (a study directory: all its runs)")
     plot.add_argument("--out", required=True, metavar="FILE.png")
     plot.set_defaults(handler=cmd_plot)
+
+    from trm_fast.data.maze import DEFAULT_WALL_SHARE, STYLES
+
+    data = commands.add_parser("data", help="build a dataset and write it out (reference folder, Maze-Hard CSV)")
+    kinds = data.add_subparsers(dest="kind", metavar="{maze}", parser_class=_Parser, required=True)
+    maze = kinds.add_parser("maze", help="generated mazes with a unique shortest path")
+    maze.add_argument("--out", required=True, help="dataset folder to write (reference layout: train/, test/)")
+    maze.add_argument("--style", choices=STYLES, default="random",
+                      help="random: walls cell by cell, as Maze-Hard (default); corridors: spanning-tree corridors")
+    maze.add_argument("--size", type=int, default=30)
+    maze.add_argument("--num-train", type=int, default=1000)
+    maze.add_argument("--num-test", type=int, default=1000)
+    maze.add_argument("--seed", type=int, default=0)
+    maze.add_argument("--wall-share-min", type=float, default=DEFAULT_WALL_SHARE[0])
+    maze.add_argument("--wall-share-max", type=float, default=DEFAULT_WALL_SHARE[1])
+    maze.add_argument("--csv", action="store_true", help="also write train.csv and test.csv in the Maze-Hard CSV format")
+    maze.set_defaults(handler=cmd_data_maze)
     return parser
 
 
