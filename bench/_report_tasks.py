@@ -118,24 +118,23 @@ def device_seconds(fn: Callable[[], object], device: torch.device, warmup: int, 
     return seconds
 
 
+def reset_peaks(device: torch.device) -> None:
+    from bench._engines import reset_peak_memory  # imported late: the worker sets the environment first
+
+    reset_peak_memory(device)
+
+
+def release(device: torch.device) -> None:
+    from bench._engines import release_memory
+
+    release_memory(device)
+
+
 def memory_peaks(device: torch.device) -> dict:
     if device.type != "cuda":
         return {"max_memory_allocated": None, "max_memory_reserved": None}
     return {"max_memory_allocated": torch.cuda.max_memory_allocated(device),
             "max_memory_reserved": torch.cuda.max_memory_reserved(device)}
-
-
-def reset_peaks(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-
-
-def release(device: torch.device) -> None:
-    import gc
-
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
 
 
 def _interpreted(ctx: Context, backend: str) -> bool:
