@@ -36,13 +36,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _expected_errors() -> tuple[type, ...]:
-    from trm_fast.config import ConfigError
-    from trm_fast.data.errors import DataError
-    from trm_fast.model.compat import CheckpointError
-    from trm_fast.ops._backend import BackendUnavailable
+    from trm_fast.errors import user_errors
 
-    # OSError: unreadable/unwritable paths, full disks (the message names the path).
-    return (UsageError, ConfigError, DataError, CheckpointError, BackendUnavailable, OSError)
+    return (UsageError, *user_errors())
 
 
 # ----------------------------------------------------------------------------------------------

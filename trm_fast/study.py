@@ -444,21 +444,17 @@ def mean_and_std(values: list) -> tuple[Optional[float], Optional[float]]:
 def variant_costs(cfg: TrainConfig) -> dict:
     """Trainable parameters (as the trainer counts them) and model FLOPs per supervision step
     (trm_fast.flops) of a config on its data."""
-    import torch
-
     from trm_fast import flops
     from trm_fast.data import load_split
-    from trm_fast.model import make_model
+    from trm_fast.memory import parameter_count
     from trm_fast.train.data import prepare_dataset
     from trm_fast.train.distributed import DistContext
 
     folder = prepare_dataset(cfg, DistContext())  # the built-in mazes are a cache: rebuilt if removed
     metadata = load_split(folder, "train", check_values=False).metadata
     model_config = config_lib.model_config(cfg, metadata.vocab_size, metadata.seq_len, metadata.num_puzzle_identifiers)
-    with torch.random.fork_rng(devices=[]):
-        model = make_model(model_config, "reference")
     return {
-        "parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "parameters": parameter_count(model_config),
         "train_flops_per_step": flops.train_step_flops(model_config, cfg.global_batch_size),
         "train_flops_per_example_step": flops.train_step_flops(model_config, 1),
         "eval_flops_per_example_step": flops.eval_step_flops(model_config, 1),
@@ -551,7 +547,9 @@ def _worker(cfg_values: dict, run_dir: str, resume: bool, prefix: str, connectio
     except KeyboardInterrupt:
         outcome = ("interrupt", "interrupted")
     except Exception as error:  # noqa: BLE001 - reported by the parent as one line
-        if not isinstance(error, _expected_errors()):
+        from trm_fast.errors import user_errors
+
+        if not isinstance(error, user_errors()):
             import traceback
 
             traceback.print_exc()
@@ -561,15 +559,6 @@ def _worker(cfg_values: dict, run_dir: str, resume: bool, prefix: str, connectio
             connection.send(outcome)
         finally:
             connection.close()
-
-
-def _expected_errors() -> tuple[type, ...]:
-    """Failures with a one-line message (as the CLI treats them); others also print a traceback."""
-    from trm_fast.data.errors import DataError
-    from trm_fast.model.compat import CheckpointError
-    from trm_fast.ops._backend import BackendUnavailable
-
-    return (ConfigError, DataError, CheckpointError, BackendUnavailable, OSError)
 
 
 def _status_line(run: RunSpec) -> Optional[str]:
