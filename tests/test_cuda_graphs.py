@@ -35,7 +35,10 @@ class EagerGraphs:
             for tensor, value in zip(tensors, saved):
                 tensor.copy_(value)
         torch.set_rng_state(rng)
-        self.addresses = [t.data_ptr() for t in tensors]
+        # Hold the state tensors as a graph's private pool holds its memory, so a tensor the step
+        # allocates later can never land on a captured address by the allocator's reuse.
+        self.captured_state = self.state_tensors()
+        self.addresses = [t.data_ptr() for t in self.captured_state]
         return fn, outputs
 
     def replay(self, graph):
