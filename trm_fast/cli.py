@@ -6,6 +6,7 @@
     trm-fast ablate [--preset maze-cpu] [--out DIR] [--only a,b] [--variant NAME:field=value,...] [--seeds K]
     trm-fast plot RUN_DIR [RUN_DIR ...] --out curves.png
     trm-fast data maze --out DIR [--style random] [--size 30] [--csv]
+    trm-fast data sudoku --out DIR [--size 9|6|4] [--num-aug 1000] [--min-rating 10] [--csv]
 
 Argument parsing and printing only; the work is in trm_fast.train, trm_fast.study and trm_fast.plots.
 Expected failures (bad data, config, checkpoint) print one line `trm-fast: error: ...` on stderr and
@@ -59,6 +60,7 @@ def build_train_config(args) -> tuple[object, Optional[Path]]:
     import torch
 
     from trm_fast import config as config_lib
+    from trm_fast.train.data import folder_kind
 
     run_dir = Path(args.run_dir) if args.run_dir else None
     if args.resume and run_dir is None:
@@ -72,7 +74,9 @@ def build_train_config(args) -> tuple[object, Optional[Path]]:
     else:
         if args.resume:
             raise UsageError(f"--resume: {run_dir} has no config.json")
-        cfg = config_lib.preset(args.preset or config_lib.default_preset_name(torch.cuda.is_available()))
+        # The default preset follows the data: "sudoku" or a Sudoku folder -> a Sudoku preset.
+        kind = args.dataset if args.dataset in config_lib.BUILTIN_DATASETS else folder_kind(args.dataset)
+        cfg = config_lib.preset(args.preset or config_lib.default_preset_name(torch.cuda.is_available(), kind))
     if args.dataset is not None:
         cfg.dataset = args.dataset
     if args.data_dir is not None:
@@ -203,15 +207,17 @@ def cmd_solve(args) -> int:
     print(f"example {args.index} of {source.name}")
     print("question:")
     print(source.render(example["inputs"]))
+    if source.kind == "sudoku":
+        print("('*' after a cell: the model's digit there is wrong)")
     if args.steps:
         for step_index, (answer, q_halt) in enumerate(answers[:-1]):
             correct = bool((answer[labelled] == labels[labelled]).all())
             print(f"after step {step_index + 1} (q_halt {q_halt:+.2f}, {'correct' if correct else 'wrong'}):")
-            print(source.render(answer))
+            print(source.render(answer, marks=labelled & (answer != labels)))
     answer, q_halt = answers[-1]
     wrong = int((answer[labelled] != labels[labelled]).sum())
     print(f"model answer after {len(answers)} steps (q_halt {q_halt:+.2f}):")
-    print(source.render(answer))
+    print(source.render(answer, marks=labelled & (answer != labels)))
     if wrong:
         print("expected:")
         print(source.render(labels))
@@ -224,7 +230,8 @@ def cmd_solve(args) -> int:
         figure = plots.solve_figure(
             example["inputs"], [answer for answer, _ in answers], [q for _, q in answers], labels,
             vocab_size=source.metadata.vocab_size, ignore_index=IGNORE_INDEX,
-            title=f"{source.name}, example {args.index} - {description}")
+            title=f"{source.name}, example {args.index} - {description}",
+            sudoku=source.geometry if source.kind == "sudoku" else None)
         print(f"wrote {plots.save_figure(figure, args.image)}")
     return 0
 
@@ -247,6 +254,32 @@ def cmd_data_maze(args) -> int:
         if split == "test":
             print("test maze 0, solved:")
             print(render_maze(data.labels[0], args.size))
+    return 0
+
+
+def cmd_data_sudoku(args) -> int:
+    from trm_fast.data import build_sudoku_dataset, load_split, render_sudoku, write_sudoku_csv
+    from trm_fast.data.sudoku import auto_workers, geometry
+
+    geom = geometry(args.size, args.box_rows, args.box_cols)
+    workers = args.workers or auto_workers(args.num_train + args.num_test)
+    folder = build_sudoku_dataset(args.out, size=geom.size, box_rows=geom.box_rows, box_cols=geom.box_cols,
+                                  num_train=args.num_train, num_test=args.num_test, num_aug=args.num_aug,
+                                  min_rating=args.min_rating, seed=args.seed, workers=workers, log=print)
+    print(f"wrote {folder}: {args.num_train} train puzzles x {1 + args.num_aug} (original + {args.num_aug} augmented) "
+          f"+ {args.num_test} test {geom} Sudoku, min rating {args.min_rating} (reference layout; disjoint up to symmetry)")
+    copies = 1 + args.num_aug
+    for split in ("train", "test"):
+        data = load_split(folder, split)
+        if args.csv:
+            originals = slice(None, None, copies if split == "train" else 1)  # no augmented copies in the CSV
+            path = write_sudoku_csv(folder / f"{split}.csv", data.inputs[originals], data.labels[originals], geometry=geom)
+            print(f"wrote {path}")
+        if split == "test":
+            print("test puzzle 0:")
+            print(render_sudoku(data.inputs[0], geom=geom))
+            print("its solution:")
+            print(render_sudoku(data.labels[0], geom=geom))
     return 0
 
 
@@ -297,9 +330,9 @@ def make_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train a model (resumable)")
     train.add_argument("--dataset", default=None,
-                       help='"maze" (built-in generator, cached in --data-dir) or a reference-layout folder')
+                       help='"maze" or "sudoku" (built-in generators, cached in --data-dir) or a reference-layout folder')
     train.add_argument("--preset", choices=sorted(config_lib.PRESETS), default=None,
-                       help="default: maze-paper with CUDA, maze-cpu without")
+                       help="default: maze-paper / sudoku-paper with CUDA, maze-cpu / sudoku-cpu without (by --dataset)")
     train.add_argument("--data-dir", default=None, help="where built-in data is generated/cached")
     train.add_argument("--run-dir", default=None, help="default: runs/<preset>-<time>")
     train.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")
@@ -317,7 +350,7 @@ def make_parser() -> argparse.ArgumentParser:
         sub.add_argument("--checkpoint", required=True,
                          help="checkpoint file, run directory (its newest checkpoint), or a reference-project state dict")
         sub.add_argument("--data", default=None,
-                         help="dataset folder (test split) or maze CSV; default: the checkpoint's training data")
+                         help="dataset folder (test split) or maze / Sudoku CSV; default: the checkpoint's training data")
         sub.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
         sub.add_argument("--engine", choices=("fast", "reference"), default="fast",
                          help="fast (fused ops, default) or reference (the plain spec model)")
@@ -344,15 +377,18 @@ def make_parser() -> argparse.ArgumentParser:
         description="Train variants of one base config (default: the tutorial's baseline, no-ema, less-recursion, "
                     "bigger-brain) and write ablation.png, ablation.md and ablation.json into --out. Running the "
                     "same command again reuses finished runs and resumes unfinished ones.")
-    ablate.add_argument("--dataset", default=None, help='"maze" (default) or a reference-layout folder')
+    ablate.add_argument("--dataset", default=None,
+                        help='"maze" (default), "sudoku" (the paper\'s Sudoku ablations) or a reference-layout folder')
     ablate.add_argument("--preset", choices=sorted(config_lib.PRESETS), default=None,
-                        help="base config: maze-paper (scaled to a short schedule) with CUDA, maze-cpu without")
+                        help="base config: maze-paper / sudoku-paper (scaled to a short schedule) with CUDA, "
+                             "maze-cpu / sudoku-cpu without")
     ablate.add_argument("--data-dir", default=None, help="where built-in data is generated/cached")
     ablate.add_argument("--out", default=None, help="study directory (default: runs/ablation-<preset>)")
     ablate.add_argument("--only", default=None, metavar="A,B", help="train only these variants now")
     ablate.add_argument("--variant", action="append", metavar="NAME:FIELD=VALUE,...",
-                        help="a variant as overrides of the base config (repeatable; replaces the default four; "
-                             f"a built-in name alone is that variant: {', '.join(study_lib.DEFAULT_VARIANT_NAMES)})")
+                        help="a variant as overrides of the base config (repeatable; replaces the default ones; "
+                             f"a built-in name alone is that variant: {', '.join(study_lib.DEFAULT_VARIANT_NAMES)}; "
+                             f"Sudoku: {', '.join(v.name for v in study_lib.SUDOKU_VARIANTS)})")
     ablate.add_argument("--seeds", type=int, default=1, metavar="K", help="train every variant with K seeds")
     budget = ablate.add_mutually_exclusive_group()
     budget.add_argument("--max-steps", type=int, default=None, help="budget per variant in steps (the schedule's length)")
@@ -372,8 +408,8 @@ def make_parser() -> argparse.ArgumentParser:
 
     from trm_fast.data.maze import DEFAULT_WALL_SHARE, STYLES
 
-    data = commands.add_parser("data", help="build a dataset and write it out (reference folder, Maze-Hard CSV)")
-    kinds = data.add_subparsers(dest="kind", metavar="{maze}", parser_class=_Parser, required=True)
+    data = commands.add_parser("data", help="build a dataset and write it out (reference folder, Maze-Hard / Sudoku-Extreme CSV)")
+    kinds = data.add_subparsers(dest="kind", metavar="{maze,sudoku}", parser_class=_Parser, required=True)
     maze = kinds.add_parser("maze", help="generated mazes with a unique shortest path")
     maze.add_argument("--out", required=True, help="dataset folder to write (reference layout: train/, test/)")
     maze.add_argument("--style", choices=STYLES, default="random",
@@ -386,6 +422,23 @@ def make_parser() -> argparse.ArgumentParser:
     maze.add_argument("--wall-share-max", type=float, default=DEFAULT_WALL_SHARE[1])
     maze.add_argument("--csv", action="store_true", help="also write train.csv and test.csv in the Maze-Hard CSV format")
     maze.set_defaults(handler=cmd_data_maze)
+    sudoku = kinds.add_parser("sudoku", help="generated Sudoku with a unique solution, augmented as the reference")
+    sudoku.add_argument("--out", required=True, help="dataset folder to write (reference layout: train/, test/)")
+    sudoku.add_argument("--size", type=int, choices=(4, 6, 8, 9), default=9, help="grid side (boxes 2x2, 2x3, 2x4, 3x3)")
+    sudoku.add_argument("--box-rows", type=int, default=None, help="rows of a box (default: the most square)")
+    sudoku.add_argument("--box-cols", type=int, default=None)
+    sudoku.add_argument("--num-train", type=int, default=1000)
+    sudoku.add_argument("--num-test", type=int, default=1000)
+    sudoku.add_argument("--num-aug", type=int, default=1000, help="augmented copies of every training puzzle")
+    sudoku.add_argument("--min-rating", type=int, default=0,
+                        help="keep puzzles whose solver rating (guesses to prove uniqueness) is at least this; "
+                             "10 keeps about the hardest 15%% of 9x9 puzzles")
+    sudoku.add_argument("--seed", type=int, default=0)
+    sudoku.add_argument("--workers", type=int, default=None,
+                        help="generator processes (default: 1 for small sets, else every core); never changes the data")
+    sudoku.add_argument("--csv", action="store_true",
+                        help="also write train.csv (the puzzles without augmentation) and test.csv, Sudoku-Extreme format")
+    sudoku.set_defaults(handler=cmd_data_sudoku)
     return parser
 
 

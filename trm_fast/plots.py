@@ -1,4 +1,5 @@
-"""Pictures: an ablation study's figure, any runs' training curves, and a model solving a maze.
+"""Pictures: an ablation study's figure, any runs' training curves, and a model solving a maze or a
+Sudoku.
 
 Every function returns a matplotlib `Figure` (object-oriented API on the Agg canvas: no pyplot, no
 global backend switch, no display needed) and `save_figure` writes it:
@@ -220,18 +221,23 @@ def solve_figure(
     ignore_index: int = -100,
     title: Optional[str] = None,
     columns: int = 10,
+    sudoku=None,
 ) -> Figure:
     """The question, the model's answer after each supervision step, and the expected answer, as a
     strip of panels. Mazes (vocabulary 6 on a square grid) are drawn in colour (walls, open cells, S,
-    G, path); other data as a grid of token ids. Wrong cells are crossed out in red; each step's title
-    gives its q_halt (the model halts at the first step with q_halt > 0: that panel is framed) and
-    whether the answer is solved."""
+    G, path); Sudoku (`sudoku`: the grid's trm_fast.data.sudoku.Geometry) as digits in a grid with
+    its boxes (givens black, the model's digits blue, wrong ones red on red); other data as a grid of
+    token ids. Wrong cells are crossed out in red (Sudoku: shaded); each step's title gives its q_halt
+    (the model halts at the first step with q_halt > 0: that panel is framed) and whether the answer
+    is solved."""
     from trm_fast.data.maze import VOCAB_SIZE as MAZE_VOCAB_SIZE
 
     question = np.asarray(question).reshape(-1)
     labels = np.asarray(labels).reshape(-1)
     shape = _grid_shape(question.size)
-    is_maze = vocab_size == MAZE_VOCAB_SIZE and shape[0] == shape[1]
+    if sudoku is not None and sudoku.cells != question.size:
+        raise PlotError(f"a {sudoku} Sudoku has {sudoku.cells} cells, the question {question.size}")
+    is_maze = sudoku is None and vocab_size == MAZE_VOCAB_SIZE and shape[0] == shape[1]
     labelled = labels != ignore_index
     expected = np.where(labelled, labels, question)
     panels = [("question", question, None)]
@@ -254,9 +260,12 @@ def solve_figure(
         colour_map = ListedColormap([tuple(c) for c in _token_colours(vocab_size)])
         limits = dict(vmin=-0.5, vmax=vocab_size - 0.5)
     for axes, (name, tokens, wrong) in zip(axes_grid, panels):
-        grid = _as_grid(np.clip(tokens, 0, (len(MAZE_COLOURS) if is_maze else vocab_size) - 1), shape, 0)
-        axes.imshow(grid, cmap=colour_map, interpolation="nearest", **limits)
-        if not is_maze and max(shape) <= 16:
+        if sudoku is not None:
+            _draw_sudoku(axes, tokens, question, wrong, sudoku)
+        else:
+            grid = _as_grid(np.clip(tokens, 0, (len(MAZE_COLOURS) if is_maze else vocab_size) - 1), shape, 0)
+            axes.imshow(grid, cmap=colour_map, interpolation="nearest", **limits)
+        if sudoku is None and not is_maze and max(shape) <= 16:
             for (r, c), value in np.ndenumerate(grid):
                 axes.text(c, r, str(value), ha="center", va="center", fontsize=7, color="black")
         axes.set_xticks([])
@@ -266,7 +275,7 @@ def solve_figure(
             continue
         wrong_grid = _as_grid(wrong.astype(np.int64), shape, 0).astype(bool)
         rows_wrong, cols_wrong = np.nonzero(wrong_grid)
-        if rows_wrong.size:
+        if rows_wrong.size and sudoku is None:
             axes.scatter(cols_wrong, rows_wrong, marker="x", s=max(12, 900 / max(shape)), color="red",
                          linewidths=1.5, label="wrong")
         solved = not bool(wrong.any())
@@ -289,6 +298,31 @@ def solve_figure(
         figure.suptitle(title, fontsize=9)
     figure.tight_layout(rect=(0, 0.06 if is_maze else 0, 1, 0.95 if title else 1))
     return figure
+
+
+def _draw_sudoku(axes, tokens, question, wrong, geom) -> None:
+    """One Sudoku panel: tokens (blank 1, digit d -> d + 1) as digits; the question's givens in
+    black, other digits blue, wrong cells red on a red shade; thick lines around the boxes."""
+    N = geom.size
+    tokens = np.asarray(tokens).reshape(N, N)
+    given = np.asarray(question).reshape(N, N) > 1
+    wrong = np.zeros((N, N), bool) if wrong is None else np.asarray(wrong).reshape(N, N)
+    shade = np.ones((N, N, 3))
+    shade[wrong] = (1.0, 0.82, 0.82)
+    axes.imshow(shade, interpolation="nearest")
+    for k in range(N + 1):
+        axes.axvline(k - 0.5, color="black", linewidth=1.8 if k % geom.box_cols == 0 else 0.4)
+        axes.axhline(k - 0.5, color="black", linewidth=1.8 if k % geom.box_rows == 0 else 0.4)
+    size = max(5.0, 70.0 / N)
+    for (r, c), token in np.ndenumerate(tokens):
+        if token == 1:
+            continue  # blank
+        text = "?" if token == 0 else str(int(token) - 1)
+        colour = "firebrick" if wrong[r, c] else "black" if given[r, c] else "tab:blue"
+        axes.text(c, r, text, ha="center", va="center", fontsize=size, color=colour,
+                  fontweight="bold" if given[r, c] else "normal")
+    axes.set_xlim(-0.5, N - 0.5)
+    axes.set_ylim(N - 0.5, -0.5)
 
 
 def _token_colours(vocab_size: int) -> np.ndarray:

@@ -1,17 +1,24 @@
-"""Data layer: maze generator, the reference dataset folder format, maze CSV files, batch loaders.
+"""Data layer: maze and Sudoku generators, the reference dataset folder format, maze and Sudoku
+CSV files, batch loaders.
 
     from trm_fast.data import build_maze_dataset, load_split, TrainSampler, EvalBatches
     folder = build_maze_dataset("data/maze-30", size=30, num_train=1000, num_test=1000, seed=0)
     train = TrainSampler(load_split(folder, "train"), global_batch_size=768, rank=0, world_size=1)
     batch = next(train)   # inputs int32 [b, 900], labels int64 [b, 900], puzzle_identifiers int32 [b]
+    sudoku = build_sudoku_dataset("data/sudoku-9", size=9, num_train=1000, num_test=1000, num_aug=1000)
 """
 from trm_fast.data.csv_format import (
     MazeRecords,
+    SudokuRecords,
     convert_maze_csv,
+    convert_sudoku_csv,
+    is_sudoku_csv,
     maze_string_to_tokens,
     read_maze_csv,
+    read_sudoku_csv,
     tokens_to_maze_string,
     write_maze_csv,
+    write_sudoku_csv,
 )
 from trm_fast.data.dataset import (
     PuzzleMetadata,
@@ -36,6 +43,16 @@ from trm_fast.data.maze import (
     render_maze,
     shortest_path_count,
 )
+from trm_fast.data.sudoku import (
+    build_sudoku_dataset,
+    canonical_key as sudoku_canonical_key,
+    check_sudoku_pair,
+    generate_sudokus,
+    render_sudoku,
+    solve_sudoku,
+    sudoku_geometry_of,
+    sudoku_rating,
+)
 
 __all__ = [
     "CHARSET", "STYLES", "VOCAB_SIZE", "IGNORE_INDEX", "DataError",
@@ -46,4 +63,7 @@ __all__ = [
     "MazeRecords", "read_maze_csv", "write_maze_csv", "convert_maze_csv", "maze_string_to_tokens",
     "tokens_to_maze_string",
     "TrainSampler", "EvalBatches",
+    "generate_sudokus", "solve_sudoku", "sudoku_rating", "sudoku_canonical_key", "check_sudoku_pair",
+    "render_sudoku", "build_sudoku_dataset", "sudoku_geometry_of",
+    "SudokuRecords", "read_sudoku_csv", "write_sudoku_csv", "convert_sudoku_csv", "is_sudoku_csv",
 ]
