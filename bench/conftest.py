@@ -75,7 +75,7 @@ def make_profile(name: Optional[str] = None) -> Profile:
     elif name == "cpu":
         profile = Profile(
             "cpu", torch.device("cpu"), torch.float32, rounds=3, warmup=1, case_names=CASE_NAMES,
-            compiled_cases=("sudoku_mlp",), interpreted_cases=("sudoku_att",), eval_compiled=False,
+            compiled_cases=("sudoku_mlp", "maze_cpu_preset"), interpreted_cases=("sudoku_att",), eval_compiled=False,
             compiled_ops=("rms_norm_residual",), interpreted_ops=None,
         )
     elif name == "tiny":

@@ -11,7 +11,7 @@ from trm_fast.cli import main
 
 # tests/train/conftest.py's tiny config, with periodic evaluation and checkpoints every 2 steps.
 TINY_SETS = [
-    "maze.size=6", "maze.num_train=64", "maze.num_test=12", "maze.seed=1",
+    "maze.size=6", "maze.num_train=64", "maze.num_test=12", "maze.seed=1", "compile=false",
     "model.hidden_size=32", "model.num_heads=2", "model.puzzle_emb_len=1", "model.halt_max_steps=4",
     "model.forward_dtype=float32",
     "global_batch_size=8", "lr=3e-3", "puzzle_emb_lr=3e-3", "lr_warmup_steps=2", "weight_decay=0.1",

@@ -240,3 +240,18 @@ def test_random_style_reaches_maze_hard_lengths_on_30x30():
     for question, length in zip(inputs, lengths):
         assert length > 110 and walk_count_reference(question, 30) == (length, 1)
         assert 0.3 <= (question == mz.WALL).mean() <= 0.6  # still a field of scattered walls
+
+
+def test_random_style_wall_share_follows_the_configured_range():
+    """Each maze draws its wall share from the range; walls are only ever added after that (to lengthen
+    or to make the path unique), so the share of walls sits at or above the range, never below it."""
+    def wall_shares(share_range):
+        inputs, _ = mz.generate_mazes(20, 12, seed=4, style="random", wall_share=share_range)
+        return (inputs.reshape(-1, 144) == mz.WALL).mean(axis=1)
+
+    sparse, dense = wall_shares((0.2, 0.25)), wall_shares((0.45, 0.5))
+    binomial_slack = 0.1  # ~3 standard deviations of a Bernoulli(0.25) share over 144 cells
+    assert sparse.min() >= 0.2 - binomial_slack and dense.min() >= 0.45 - binomial_slack
+    assert 0.2 - 0.03 <= sparse.mean() and 0.45 - 0.03 <= dense.mean() <= 0.5 + 0.1
+    # sparse fields get the most walls added (many competing shortest paths), yet stay sparser
+    assert dense.mean() > sparse.mean() + 0.05

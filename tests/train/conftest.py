@@ -4,7 +4,7 @@ import pytest
 from trm_fast import config as config_lib
 
 TINY_OVERRIDES = [
-    "maze.size=6", "maze.num_train=64", "maze.num_test=12", "maze.seed=1",
+    "maze.size=6", "maze.num_train=64", "maze.num_test=12", "maze.seed=1", "compile=false",
     "model.hidden_size=32", "model.num_heads=2", "model.h_cycles=2", "model.l_cycles=1",
     "model.puzzle_emb_len=1", "model.halt_max_steps=4",
     "model.forward_dtype=float32",

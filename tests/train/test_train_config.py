@@ -107,9 +107,11 @@ def test_step_options_are_checked(override, message):
 def test_maze_style_is_a_checked_choice_and_names_its_own_data_folder():
     from trm_fast.train.data import dataset_dir
 
-    corridors = preset("maze-cpu")
-    random_walls = apply_overrides(preset("maze-cpu"), ["maze.style=random", "maze.wall_share_max=0.45"])
+    assert preset("maze-cpu").maze.style == preset("maze-paper").maze.style == "random"  # Maze-Hard's style
+    corridors = apply_overrides(preset("maze-cpu"), ["maze.style=corridors"])
+    random_walls = apply_overrides(preset("maze-cpu"), ["maze.wall_share_max=0.45"])
     assert dataset_dir(random_walls) != dataset_dir(corridors) and "random0.3-0.45" in dataset_dir(random_walls).name
+    assert "random" not in dataset_dir(corridors).name
     with pytest.raises(ConfigError, match="maze.style: expected one of corridors, random"):
         apply_overrides(preset("maze-cpu"), ["maze.style=spiral"])
     with pytest.raises(ConfigError, match="wall_share_min/max"):
