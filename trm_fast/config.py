@@ -127,22 +127,30 @@ CHOICES = {
 }
 
 
+# What the paper presets share (the reference cfg_pretrain.yaml): batch, schedule, optimizer and EMA.
+_PAPER_TRAINING = dict(
+    global_batch_size=768,
+    epochs=50000,
+    lr=1e-4,
+    lr_warmup_steps=2000,
+    weight_decay=1.0,
+    puzzle_emb_lr=1e-4,
+    puzzle_emb_weight_decay=1.0,
+    ema_rate=0.999,
+    # ~5000 epochs of 1000 examples (mazes; Sudoku: one augmented copy of each of 1000 groups) at
+    # batch 768, as the reference evaluates
+    eval_interval=6500,
+    log_interval=50,
+)
+
+
 def _maze_paper() -> TrainConfig:
     """The reference Maze-Hard 30x30 run: README command + cfg_pretrain.yaml + arch/trm.yaml."""
     return TrainConfig(
         preset="maze-paper",
         maze=MazeSettings(size=30, num_train=1000, num_test=1000),
         model=ModelSettings(hidden_size=512, num_heads=8, h_cycles=3, l_cycles=4, forward_dtype="bfloat16"),
-        global_batch_size=768,
-        epochs=50000,
-        lr=1e-4,
-        lr_warmup_steps=2000,
-        weight_decay=1.0,
-        puzzle_emb_lr=1e-4,
-        puzzle_emb_weight_decay=1.0,
-        ema_rate=0.999,
-        eval_interval=6500,  # ~5000 epochs of 1000 examples at batch 768, as in the reference
-        log_interval=50,
+        **_PAPER_TRAINING,
     )
 
 
@@ -226,18 +234,7 @@ def _sudoku_paper() -> TrainConfig:
         sudoku=SudokuSettings(size=9, num_train=1000, num_test=1000, num_aug=1000, min_rating=SUDOKU_HARD_RATING),
         model=ModelSettings(hidden_size=512, num_heads=8, h_cycles=3, l_cycles=6, mlp_t=True, pos_encodings="none",
                             halt_max_steps=16, forward_dtype="bfloat16"),
-        global_batch_size=768,
-        epochs=50000,
-        lr=1e-4,
-        lr_warmup_steps=2000,
-        weight_decay=1.0,
-        puzzle_emb_lr=1e-4,
-        puzzle_emb_weight_decay=1.0,
-        ema_rate=0.999,
-        # 5000 epochs of 1000 groups (the sampler takes one augmented copy per group and epoch) at
-        # batch 768, as in the reference (and as maze-paper)
-        eval_interval=6500,
-        log_interval=50,
+        **_PAPER_TRAINING,
     )
 
 
