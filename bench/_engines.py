@@ -40,7 +40,7 @@ class DataShape:
 
 
 SUDOKU, MAZE_30 = DataShape(11, 81), DataShape(6, 900)
-MAZE_CPU = DataShape(6, config_lib.preset("maze-cpu").maze.size ** 2)  # the CPU preset's own maze size
+MAZE_CPU = DataShape(6, config_lib.preset("maze-cpu").maze.size ** 2)  # the CPU preset's own maze size (bench_cpu_preset.py)
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,6 @@ _CASES = {
     "sudoku_mlp": ("sudoku-paper", [], SUDOKU),
     "sudoku_att": ("sudoku-att-paper", [], SUDOKU),
     "maze_att": ("maze-paper", [], MAZE_30),
-    "maze_cpu_preset": ("maze-cpu", [], MAZE_CPU),  # the CPU training preset at its real size
 }
 CASE_NAMES = tuple(_CASES)
 # Scaled down for CPU (fp32): width 64, 2 heads, T=2, n=1, short grids, batch 8. Same code paths.
@@ -103,9 +102,7 @@ def paper_case(name: str) -> BenchCase:
 
 
 def tiny_case(name: str) -> BenchCase:
-    """Small enough for CPU; maze_cpu_preset stays the CPU training preset at its real size."""
-    if name == "maze_cpu_preset":
-        return paper_case(name)
+    """Small enough for CPU."""
     data = _CASES[name][2]
     return _case(name, _TINY_OVERRIDES, DataShape(data.vocab_size, 36 if name.startswith("maze") else 16))
 

@@ -31,6 +31,7 @@ from trm_fast.ops._backend import triton_interpreter_on
 PROFILE_ENV = "TRM_BENCH_PROFILE"
 RESULTS_ENV = "TRM_BENCH_RESULTS"
 COMPILE_BACKEND_ENV = "TRM_BENCH_COMPILE_BACKEND"
+CPU_THREADS_ENV = "TRM_BENCH_CPU_THREADS"  # intra-op threads for CPU timings (default 1)
 
 
 @dataclass
@@ -61,21 +62,20 @@ def make_profile(name: Optional[str] = None) -> Profile:
     name = name or os.environ.get(PROFILE_ENV) or ("gpu" if torch.cuda.is_available() else "cpu")
     from bench._engines import CASE_NAMES
 
-    paper_cases = tuple(case for case in CASE_NAMES if case != "maze_cpu_preset")
     if name == "gpu":
         if not torch.cuda.is_available():
             raise pytest.UsageError("TRM_BENCH_PROFILE=gpu needs a CUDA device")
         profile = Profile(
-            "gpu", torch.device("cuda"), torch.bfloat16, rounds=5, warmup=3, case_names=paper_cases,
+            "gpu", torch.device("cuda"), torch.bfloat16, rounds=5, warmup=3, case_names=CASE_NAMES,
             # Compiled evaluation costs three more compiles (~1.5 min); TRM_BENCH_EVAL_COMPILED=1 adds it.
-            compiled_cases=paper_cases, interpreted_cases=paper_cases,
+            compiled_cases=CASE_NAMES, interpreted_cases=CASE_NAMES,
             eval_compiled=os.environ.get("TRM_BENCH_EVAL_COMPILED") == "1", compiled_ops=None,
             interpreted_ops=None,
         )
     elif name == "cpu":
         profile = Profile(
             "cpu", torch.device("cpu"), torch.float32, rounds=3, warmup=1, case_names=CASE_NAMES,
-            compiled_cases=("sudoku_mlp", "maze_cpu_preset"), interpreted_cases=("sudoku_att",), eval_compiled=False,
+            compiled_cases=("sudoku_mlp",), interpreted_cases=("sudoku_att",), eval_compiled=False,
             compiled_ops=("rms_norm_residual",), interpreted_ops=None,
         )
     elif name == "tiny":
@@ -90,10 +90,11 @@ def make_profile(name: Optional[str] = None) -> Profile:
     profile.compile_backend = os.environ.get(COMPILE_BACKEND_ENV, profile.compile_backend)
     if not profile.on_gpu:
         profile.notes.append("CPU: only ratios are results; Triton runs in its interpreter (its ratios are not performance)")
-        # One intra-op thread: on a shared or oversubscribed runner, spinning OpenMP threads make
-        # timings swing by 10x; single-threaded ratios are stable and still compare the engines.
-        torch.set_num_threads(1)
-        profile.notes.append("CPU: timed single-threaded (torch.set_num_threads(1))")
+        # One intra-op thread by default: on a shared or oversubscribed runner, spinning OpenMP threads
+        # make timings swing by 10x; single-threaded ratios are stable and still compare the engines.
+        threads = int(os.environ.get(CPU_THREADS_ENV, "1"))
+        torch.set_num_threads(threads)
+        profile.notes.append(f"CPU: timed with torch.set_num_threads({threads}) ({CPU_THREADS_ENV})")
     return profile
 
 

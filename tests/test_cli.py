@@ -9,7 +9,7 @@ import torch
 from trm_fast.cli import main
 
 TINY_SETS = [
-    "maze.size=6", "maze.num_train=48", "maze.num_test=8", "compile=false", "model.hidden_size=32", "model.num_heads=2",
+    "maze.size=6", "maze.num_train=48", "maze.num_test=8", "compile=false", "model.forward_dtype=float32", "model.hidden_size=32", "model.num_heads=2",
     "model.h_cycles=2", "model.l_cycles=1", "model.puzzle_emb_len=1",
     "model.halt_max_steps=3", "global_batch_size=8", "lr_warmup_steps=2", "log_interval=2",
     "eval_interval=none", "checkpoint_interval=none", "eval_batch_size=8",

@@ -53,7 +53,8 @@ class EagerGraphs:
 def tiny_step(**overrides):
     cfg = config_lib.apply_overrides(config_lib.preset("maze-cpu"), [
         "model.hidden_size=32", "model.num_heads=2", "model.halt_max_steps=3", "backend=torch",
-        "global_batch_size=4", *[f"{k}={v}" for k, v in overrides.items()],
+        # Eager and float32: exact replay comparisons, independent of which inductor kernels a cache holds.
+        "model.forward_dtype=float32", "compile=false", "global_batch_size=4", *[f"{k}={v}" for k, v in overrides.items()],
     ])
     model_config = config_lib.model_config(cfg, vocab_size=6, seq_len=9, num_puzzle_identifiers=3)
     step = build_train_step(cfg, model_config, torch.device("cpu"))

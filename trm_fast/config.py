@@ -160,9 +160,9 @@ _CPU_TRAINING = dict(
     global_batch_size=64,
     epochs=100000,
     max_minutes=13.5,  # stops earlier on a slower machine, still with the held-out evaluation
-    # torch.compile (inductor's C++ code), as both presets' figures were measured; it gains 1.1-1.3x
-    # on one thread and ~1.0x on two at maze-cpu's size (bench/bench_step.py, train/maze_cpu_preset),
-    # after ~40 s of compile inside max_minutes; eager with one printed line where it cannot compile.
+    # torch.compile (inductor's C++ code), as both presets' figures were measured: with maze-cpu's
+    # bf16 forward it is the fastest CPU step measured (bench/bench_cpu_preset.py), after ~30 s of
+    # compile inside max_minutes; eager with one printed line where it cannot compile.
     compile=True,
     lr=1e-3,
     lr_min_ratio=0.1,
@@ -182,7 +182,9 @@ _CPU_TRAINING = dict(
 def _maze_cpu() -> TrainConfig:
     """Random-wall mazes (the Maze-Hard style) and a width-64 TRM (T=2, n=2), compiled, that learn on
     a 2-core laptop CPU and stop by themselves after ~15 minutes with a held-out evaluation. Chosen by
-    experiment (README, *Measured figures*)."""
+    experiment (README, *Measured figures*). The forward runs in bf16 as in the paper: on a CPU with
+    native bf16 dot products (AVX512-BF16, AMX) the compiled step is ~1.4x faster than in float32;
+    other CPUs run float32 (trm_fast.train.step.runnable_model_config)."""
     return TrainConfig(
         preset="maze-cpu",
         # Fresh mazes are cheap (20,000 in a few seconds): enough that ~6,000 steps of 64 never
@@ -195,7 +197,7 @@ def _maze_cpu() -> TrainConfig:
             l_cycles=2,
             puzzle_emb_len=1,
             halt_max_steps=8,
-            forward_dtype="float32",
+            forward_dtype="bfloat16",
         ),
         max_steps=5000,  # sets the cosine schedule's length; ~15 min on 2 idle cores
         **_CPU_TRAINING,

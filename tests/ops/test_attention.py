@@ -33,6 +33,18 @@ def test_reference_matches_sdpa():
     torch.testing.assert_close(fp32, expected.float(), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_cpu_sdpa_attends_low_precision_inputs_in_fp32(dtype):
+    # PyTorch's CPU flash-attention backward is slow in bf16: the op upcasts, attends and casts back.
+    q, k, v = [t.requires_grad_() for t in _qkv(2, 4, 50, 16, dtype=dtype)]
+    out = attention(q, k, v, backend="torch")
+    assert out.dtype == dtype and out.shape == q.shape
+    expected = F.scaled_dot_product_attention(q.detach().float(), k.detach().float(), v.detach().float()).to(dtype)
+    assert torch.equal(out, expected)
+    out.float().square().sum().backward()
+    assert all(t.grad.dtype == dtype and torch.isfinite(t.grad).all() for t in (q, k, v))
+
+
 @needs_triton
 @pytest.mark.parametrize("batch, num_heads, seq_len, head_dim", [(1, 2, 97, 64), (2, 2, 37, 32), (1, 1, 5, 16)])
 def test_triton_forward_and_grads_match_sdpa_fp32(batch, num_heads, seq_len, head_dim):

@@ -74,6 +74,17 @@ def test_stablemax_reference_matches_its_definition():
     assert abs(softmax_cross_entropy(logits, torch.tensor([2])).item() - expected_softmax) < 1e-12
 
 
+def test_stablemax_gradient_is_finite_where_a_logit_equals_one():
+    # bf16 logits hit 1.0 exactly; the masked branch 1/(1-x) must not turn the gradient into NaN.
+    logits = torch.tensor([[1.0, -0.5, 3.0], [0.25, 1.0, 1.0]], dtype=torch.bfloat16, requires_grad=True)
+    labels = torch.tensor([0, 2])
+    stablemax_cross_entropy(logits, labels).sum().backward()
+    assert torch.isfinite(logits.grad).all(), logits.grad
+    # d CE / d x_j = s'(x_j) (1/sum(s) - [j == y] / s_y), with s'(x) = 1 for x >= 0 and 1/(1-x)^2 below.
+    s = [2.0, 1 / 1.5, 4.0]
+    expected = [1 / sum(s) - 1 / 2.0, (1 / 1.5) ** 2 / sum(s), 1 / sum(s)]
+    torch.testing.assert_close(logits.grad[0].double(), torch.tensor(expected, dtype=torch.float64), rtol=1e-2, atol=1e-3)
+
 def test_reference_seq_correct_and_counts():
     logits, labels, q_halt = make_inputs(4, 9, 6)
     out = act_loss_head_reference(logits, labels, q_halt)

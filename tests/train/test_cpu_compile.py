@@ -1,30 +1,74 @@
-"""The CPU preset trains with torch.compile (inductor's C++ backend): the compiled supervision step must
-compute what the eager one does, or the preset's speed-up would be measured on a different model."""
+"""The CPU preset trains with torch.compile (inductor's C++ backend) and a bf16 forward where the CPU
+has native bf16: the compiled supervision step must compute what the eager one does, or the preset's
+speed-up would be measured on a different model."""
+import pytest
 import torch
 
 from trm_fast import config as config_lib
-from trm_fast.train.step import build_train_step
+from trm_fast.model import TRMConfig
+from trm_fast.train import step as step_lib
+from trm_fast.train.step import build_train_step, runnable_model_config
 
 
-def tiny_cpu_config(compile_model: bool):
+def tiny_cpu_config(compile_model: bool, forward_dtype: str = "float32"):
     return config_lib.apply_overrides(config_lib.preset("maze-cpu"), [
         "model.hidden_size=32", "model.num_heads=2", "model.halt_max_steps=3", "global_batch_size=4",
-        "backend=torch", f"compile={str(compile_model).lower()}",
+        "backend=torch", f"compile={str(compile_model).lower()}", f"model.forward_dtype={forward_dtype}",
     ])
 
 
-def test_cpu_preset_trains_compiled():
-    assert config_lib.preset("maze-cpu").compile
+def tiny_batches(count: int):
+    generator = torch.Generator().manual_seed(0)
+    return [{
+        "inputs": torch.randint(1, 6, (4, 16), generator=generator, dtype=torch.int32),
+        "labels": torch.randint(1, 6, (4, 16), generator=generator),
+        "puzzle_identifiers": torch.zeros(4, dtype=torch.int32),
+    } for _ in range(count)]
+
+
+def test_cpu_preset_trains_compiled_in_bf16():
+    cfg = config_lib.preset("maze-cpu")
+    assert cfg.compile and cfg.model.forward_dtype == "bfloat16"
+
+
+@pytest.mark.parametrize("device, native, expected", [
+    ("cpu", False, "float32"), ("cpu", True, "bfloat16"), ("cuda", False, "bfloat16"),
+])
+def test_low_precision_falls_back_to_float32_only_on_cpus_without_it(monkeypatch, device, native, expected):
+    monkeypatch.setattr(step_lib, "cpu_runs_fast", lambda dtype: native)
+    config = TRMConfig(vocab_size=6, seq_len=16, forward_dtype="bfloat16")
+    messages = []
+    got = runnable_model_config(config, torch.device(device), log=messages.append)
+    assert got.forward_dtype == expected and config.forward_dtype == "bfloat16"
+    assert len(messages) == (1 if expected != "bfloat16" else 0)
+    if messages:
+        assert "forward_dtype bfloat16" in messages[0] and "float32" in messages[0]
+    assert runnable_model_config(TRMConfig(vocab_size=6, seq_len=16), torch.device("cpu"), messages.append).forward_dtype == "float32"
+
+
+def test_bf16_compiled_step_matches_eager_and_stays_finite(monkeypatch):
+    monkeypatch.setattr(step_lib, "cpu_runs_fast", lambda dtype: True)  # bf16 on any CPU, slow or not
+    model_config = config_lib.model_config(tiny_cpu_config(False, "bfloat16"), vocab_size=6, seq_len=16)
+    batches = tiny_batches(3)
+    logits = {}
+    for compile_model in (False, True):
+        torch._dynamo.reset()
+        step = build_train_step(tiny_cpu_config(compile_model, "bfloat16"), model_config, torch.device("cpu"))
+        assert step.model.config.forward_dtype == "bfloat16"
+        step.set_learning_rates(1e-3, 1e-3)
+        with torch.no_grad():
+            _, outputs = step.forward(step.model.initial_carry(batches[0]), batches[0])
+        assert outputs["logits"].dtype == torch.bfloat16
+        logits[compile_model] = outputs["logits"].float()
+        for batch in batches:  # a bf16 logit of exactly 1.0 once made the stable-max gradient NaN
+            assert torch.isfinite(step(batch)).all()
+        assert all(torch.isfinite(p).all() for p in step.model.parameters())
+    torch.testing.assert_close(logits[True], logits[False], rtol=3e-2, atol=3e-2)
 
 
 def test_compiled_cpu_step_matches_eager():
     model_config = config_lib.model_config(tiny_cpu_config(False), vocab_size=6, seq_len=16, num_puzzle_identifiers=1)
-    generator = torch.Generator().manual_seed(0)
-    batches = [{
-        "inputs": torch.randint(1, 6, (4, 16), generator=generator, dtype=torch.int32),
-        "labels": torch.randint(1, 6, (4, 16), generator=generator),
-        "puzzle_identifiers": torch.zeros(4, dtype=torch.int32),
-    } for _ in range(3)]
+    batches = tiny_batches(3)
 
     runs = {}
     for compile_model in (False, True):

@@ -21,11 +21,11 @@ def test_presets_have_the_documented_values():
 
 def test_overrides_parse_types():
     cfg = apply_overrides(preset("maze-cpu"), [
-        "model.hidden_size=128", "lr=3e-4", "ema=false", "max_minutes=none", "model.forward_dtype=bfloat16",
+        "model.hidden_size=128", "lr=3e-4", "ema=false", "max_minutes=none", "model.forward_dtype=float16",
         "maze.augment=yes", "eval_interval=7",
     ])
     assert cfg.model.hidden_size == 128 and cfg.lr == 3e-4 and cfg.ema is False and cfg.max_minutes is None
-    assert cfg.model.forward_dtype == "bfloat16" and cfg.maze.augment is True and cfg.eval_interval == 7
+    assert cfg.model.forward_dtype == "float16" and cfg.maze.augment is True and cfg.eval_interval == 7
 
 
 @pytest.mark.parametrize("override, message", [

@@ -25,8 +25,12 @@ IGNORE_INDEX = -100  # label of positions without a target (the one definition; 
 
 # ----------------------------------------------------------------------------- references (the spec)
 def _stablemax_transform(x: Tensor) -> Tensor:
-    """s(x) = 1/(1-x) for x < 0, x + 1 otherwise: positive, monotone, grows only linearly."""
-    return torch.where(x < 0, 1 / (1 - x), x + 1)
+    """s(x) = 1/(1-x) for x < 0, x + 1 otherwise: positive, monotone, grows only linearly.
+
+    The unused branch is evaluated at min(x, 0), so it stays finite: at x = 1 (common in bf16 logits)
+    1/(1-x) would be inf and its masked gradient 0 * inf = NaN. The reference adds 1e-30 for the
+    same reason; the values are identical."""
+    return torch.where(x < 0, 1 / (1 - x.clamp(max=0)), x + 1)
 
 
 def _per_token_loss(log_probs: Tensor, labels: Tensor, ignore_index: int) -> Tensor:

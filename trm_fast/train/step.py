@@ -18,6 +18,7 @@ The trainer keeps scheduling, logging, evaluation and checkpoints.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, Optional
 
 import torch
@@ -163,6 +164,30 @@ def build_train_step(
         dist_lib.broadcast_module(model, context)
     ema = EMA(model, cfg.ema_rate) if cfg.ema else None
     return TrainStep(model, cfg, ema=ema, context=context, micro_batch_size=micro_batch_size, log=log)
+
+
+def cpu_runs_fast(dtype: str) -> bool:
+    """Whether this CPU has native dot products for `dtype` (bf16: AVX512-BF16 or AMX; fp16: AMX-FP16).
+    Without them PyTorch emulates low-precision matmuls, which is slower than float32."""
+    cpu = torch.cpu
+    if dtype == "bfloat16":
+        checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    elif dtype == "float16":
+        checks = ("_is_amx_fp16_supported",)
+    else:
+        return True
+    # Private helpers (torch >= 2.3); a build without them counts as "no", which only costs speed.
+    return any(getattr(cpu, name, lambda: False)() for name in checks)
+
+
+def runnable_model_config(model_config: TRMConfig, device: torch.device, log: Callable[[str], None] = print) -> TRMConfig:
+    """The model config as it will run on `device`: a bf16/fp16 forward on a CPU without native
+    low-precision dot products falls back to float32, with one printed line."""
+    dtype = model_config.forward_dtype
+    if device.type != "cpu" or cpu_runs_fast(dtype):
+        return model_config
+    log(f"forward_dtype {dtype}: this CPU has no native {dtype} dot products, so the model runs in float32 (faster here)")
+    return dataclasses.replace(model_config, forward_dtype="float32")
 
 
 def fast_options(cfg: TrainConfig) -> dict:
