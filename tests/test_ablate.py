@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.cli_helpers import one_error_line
 from trm_fast import plots
 from trm_fast import study as study_lib
 from trm_fast.cli import main
@@ -33,12 +34,6 @@ def ablate_args(out, data_dir, *extra, variants=VARIANTS, steps=6):
 
 def read_metrics(run_dir):
     return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
-
-
-def one_error_line(capsys, expected: str):
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1, err
-    assert err[0].startswith("trm-fast: error: ") and expected in err[0], err[0]
 
 
 @pytest.fixture(scope="module")

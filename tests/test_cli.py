@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.cli_helpers import one_error_line, train_args
 from trm_fast.cli import main
 
 TINY_SETS = [
@@ -17,11 +18,7 @@ TINY_SETS = [
 
 
 def tiny_train_args(data_dir, run_dir, *extra):
-    args = ["train", "--dataset", "maze", "--preset", "maze-cpu", "--data-dir", str(data_dir), "--run-dir", str(run_dir),
-            "--max-steps", "3", "--device", "cpu", "--backend", "torch", "--no-progress"]
-    for item in TINY_SETS:
-        args += ["--set", item]
-    return args + list(extra)
+    return train_args("maze", data_dir, run_dir, TINY_SETS, 3, *extra, preset="maze-cpu")
 
 
 @pytest.fixture(scope="module")
@@ -29,12 +26,6 @@ def trained_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
     assert main(tiny_train_args(root / "data", root / "run")) == 0
     return root
-
-
-def one_error_line(capsys, expected: str):
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1, err
-    assert err[0].startswith("trm-fast: error: ") and expected in err[0], err[0]
 
 
 def test_train_eval_solve(trained_run, capsys):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.cli_helpers import one_error_line, train_args
 from trm_fast import config as config_lib
 from trm_fast.cli import main
 
@@ -25,11 +26,7 @@ STEPS = 40
 
 
 def tiny_train_args(data_dir, run_dir, *extra, steps=STEPS):
-    args = ["train", "--dataset", "sudoku", "--data-dir", str(data_dir), "--run-dir", str(run_dir),
-            "--max-steps", str(steps), "--device", "cpu", "--backend", "torch", "--no-progress"]
-    for item in TINY_SETS:
-        args += ["--set", item]
-    return args + list(extra)
+    return train_args("sudoku", data_dir, run_dir, TINY_SETS, steps, *extra)
 
 
 @pytest.fixture(scope="module")
@@ -37,13 +34,6 @@ def trained_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli-sudoku")
     assert main(tiny_train_args(root / "data", root / "run")) == 0
     return root
-
-
-def one_error_line(capsys, expected: str):
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1, err
-    assert err[0].startswith("trm-fast: error: ") and expected in err[0], err[0]
-    assert "Traceback" not in err[0]
 
 
 def test_dataset_sudoku_picks_a_sudoku_preset_and_trains_on_generated_puzzles(trained_run):

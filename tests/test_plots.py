@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.cli_helpers import one_error_line, train_args
 from trm_fast import plots
 from trm_fast.cli import main
 from trm_fast.study import load_run
@@ -21,11 +22,7 @@ TINY_SETS = [
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("plots")
-    args = ["train", "--dataset", "maze", "--preset", "maze-cpu", "--data-dir", str(root / "data"), "--run-dir",
-            str(root / "run"), "--max-steps", "4", "--device", "cpu", "--backend", "torch", "--no-progress"]
-    for item in TINY_SETS:
-        args += ["--set", item]
-    assert main(args) == 0
+    assert main(train_args("maze", root / "data", root / "run", TINY_SETS, 4, preset="maze-cpu")) == 0
     return root / "run"
 
 
@@ -34,12 +31,6 @@ def read_png(path: Path) -> np.ndarray:
 
     assert path.read_bytes()[:8] == PNG_SIGNATURE
     return image.imread(path)
-
-
-def one_error_line(capsys, expected: str):
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1, err
-    assert err[0].startswith("trm-fast: error: ") and expected in err[0], err[0]
 
 
 def test_plot_writes_a_png_of_loss_accuracy_and_lr(tiny_run, tmp_path, capsys):

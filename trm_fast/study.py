@@ -105,7 +105,7 @@ STUDY_OVERRIDES = {
         "checkpoint_interval=250", "log_interval=10",
     ),
     # The Sudoku study: the same budgets as the maze study's (not measured yet; sudoku-cpu's own model
-    # was at 72% exact on held-out puzzles after 1,000 steps, README *Sudoku*).
+    # was at 73% exact on held-out puzzles after 1,000 steps, README *Sudoku*).
     "sudoku-cpu": (
         "max_steps=600", "max_minutes=none", "lr_warmup_steps=100", "eval_interval=100", "eval_examples=100",
         "checkpoint_interval=100", "log_interval=10", "num_threads=1",

@@ -26,8 +26,9 @@ def tiny_batches(count: int):
     } for _ in range(count)]
 
 
-def test_cpu_preset_trains_compiled_in_bf16():
-    cfg = config_lib.preset("maze-cpu")
+@pytest.mark.parametrize("name", ["maze-cpu", "sudoku-cpu"])
+def test_cpu_presets_train_compiled_in_bf16(name):
+    cfg = config_lib.preset(name)
     assert cfg.compile and cfg.model.forward_dtype == "bfloat16"
 
 

@@ -78,12 +78,12 @@ def _side_of(length: int, where: str) -> int:
     return side
 
 
-def read_maze_csv(path: str | os.PathLike, size: int | None = None, check_answers: bool = True) -> MazeRecords:
-    """Read a maze CSV file. `size` (grid side) is taken from the first row when not given."""
-    path = Path(path)
+def _csv_rows(path: Path):
+    """(where, line, source, question, answer, rating) of every data row of a `source,question,answer,rating`
+    file; `where` is "<path> line <line>". A missing file, a wrong header, a wrong field count, malformed
+    CSV or non-UTF-8 text is a DataError naming the file and line."""
     if not path.is_file():
         raise DataError(path, "file is missing")
-    inputs, labels, sources, ratings = [], [], [], []
     # utf-8-sig: a byte-order mark at the start (as spreadsheet programs write it) is dropped, so it
     # does not end up glued to the first header field; files without one read the same as plain UTF-8.
     with open(path, newline="", encoding="utf-8-sig") as handle:
@@ -98,25 +98,35 @@ def read_maze_csv(path: str | os.PathLike, size: int | None = None, check_answer
                     continue  # blank line
                 if len(row) != len(HEADER):
                     raise DataError(where, f"expected {len(HEADER)} fields ({','.join(HEADER)}), got {len(row)}")
-                source, question, answer, rating = row
-                if size is None:
-                    size = _side_of(len(question), f"{where} field 'question'")
-                for name, text in (("question", question), ("answer", answer)):
-                    if len(text) != size * size:
-                        raise DataError(f"{where} field '{name}'", f"has {len(text)} characters, expected "
-                                        f"{size * size} ({size}x{size})")
-                q = maze_string_to_tokens(question, f"{where} field 'question'")
-                a = maze_string_to_tokens(answer, f"{where} field 'answer'")
-                if check_answers:
-                    maze_gen.check_maze_pair(q, a, size, where)
-                inputs.append(q)
-                labels.append(a)
-                sources.append(source)
-                ratings.append(rating)
+                yield (where, reader.line_num, *row)
         except csv.Error as exc:
             raise DataError(f"{path} line {reader.line_num}", f"malformed CSV ({exc})") from None
         except UnicodeDecodeError as exc:
             raise DataError(path, f"not UTF-8 text ({exc})") from None
+
+
+def _check_lengths(where: str, question: str, answer: str, cells: int, shape: str) -> None:
+    for name, text in (("question", question), ("answer", answer)):
+        if len(text) != cells:
+            raise DataError(f"{where} field '{name}'", f"has {len(text)} characters, expected {cells} ({shape})")
+
+
+def read_maze_csv(path: str | os.PathLike, size: int | None = None, check_answers: bool = True) -> MazeRecords:
+    """Read a maze CSV file. `size` (grid side) is taken from the first row when not given."""
+    path = Path(path)
+    inputs, labels, sources, ratings = [], [], [], []
+    for where, _, source, question, answer, rating in _csv_rows(path):
+        if size is None:
+            size = _side_of(len(question), f"{where} field 'question'")
+        _check_lengths(where, question, answer, size * size, f"{size}x{size}")
+        q = maze_string_to_tokens(question, f"{where} field 'question'")
+        a = maze_string_to_tokens(answer, f"{where} field 'answer'")
+        if check_answers:
+            maze_gen.check_maze_pair(q, a, size, where)
+        inputs.append(q)
+        labels.append(a)
+        sources.append(source)
+        ratings.append(rating)
     if size is None:
         raise DataError(path, "no maze rows after the header")
     shape = (len(inputs), size * size)
@@ -251,38 +261,17 @@ def read_sudoku_csv(path: str | os.PathLike, size: int | None = None, box_rows: 
     `check_answers`) an answer that changes a given, repeats a digit or leaves a blank. Any problem
     is one DataError naming the file and line."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(path, "file is missing")
     geom = sudoku_gen.geometry(size, box_rows, box_cols) if size is not None else None
     questions, answers, lines, sources, ratings = [], [], [], [], []
-    with open(path, newline="", encoding="utf-8-sig") as handle:
-        reader = csv.reader(handle)
-        try:
-            header = next(reader, None)
-            if header is None or tuple(h.strip().lower() for h in header) != HEADER:
-                raise DataError(f"{path} line 1", f"expected the header {','.join(HEADER)}, got {header!r}")
-            for row in reader:
-                where = f"{path} line {reader.line_num}"
-                if not row:
-                    continue
-                if len(row) != len(HEADER):
-                    raise DataError(where, f"expected {len(HEADER)} fields ({','.join(HEADER)}), got {len(row)}")
-                source, question, answer, rating = row
-                if geom is None:
-                    geom = sudoku_gen.geometry_for_cells(len(question), box_rows, box_cols, f"{where} field 'question'")
-                for name, text in (("question", question), ("answer", answer)):
-                    if len(text) != geom.cells:
-                        raise DataError(f"{where} field '{name}'", f"has {len(text)} characters, expected "
-                                        f"{geom.cells} ({geom.size}x{geom.size})")
-                questions.append(question)
-                answers.append(answer)
-                lines.append(reader.line_num)
-                sources.append(source)
-                ratings.append(rating)
-        except csv.Error as exc:
-            raise DataError(f"{path} line {reader.line_num}", f"malformed CSV ({exc})") from None
-        except UnicodeDecodeError as exc:
-            raise DataError(path, f"not UTF-8 text ({exc})") from None
+    for where, line, source, question, answer, rating in _csv_rows(path):
+        if geom is None:
+            geom = sudoku_gen.geometry_for_cells(len(question), box_rows, box_cols, f"{where} field 'question'")
+        _check_lengths(where, question, answer, geom.cells, f"{geom.size}x{geom.size}")
+        questions.append(question)
+        answers.append(answer)
+        lines.append(line)
+        sources.append(source)
+        ratings.append(rating)
     if geom is None:
         raise DataError(path, "no Sudoku rows after the header")
     q = _sudoku_digits(questions, lines, path, "question", geom)
