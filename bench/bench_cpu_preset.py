@@ -9,13 +9,17 @@ mazes); only how the step runs differs:
     preset           the preset as shipped: compiled, and a bf16 forward where the CPU has native bf16
                      dot products (it falls back to float32 elsewhere; `forward_dtype` says which ran)
 
-Each configuration's steps/s and its ratio to default_engine land in the summary table. Compile time
-is spent in the warm-up, outside the timed steps (the trainer's log shows it: ~30 s).
+The rounds are interleaved (one step of each configuration per round), so a slow spell of a shared
+machine hits all three alike instead of whichever ran then. Each configuration's steps/s and its ratio
+to default_engine land in the summary table. Compile time is spent in the warm-up, outside the timed
+steps (the trainer's log shows it: ~30 s).
 """
+import time
+
 import pytest
 import torch
 
-from bench._engines import ENGINE_SPECS, MAZE_CPU, BenchCase, TrainEngine, median_seconds, teardown
+from bench._engines import ENGINE_SPECS, MAZE_CPU, BenchCase, TrainEngine, teardown
 from trm_fast import config as config_lib
 
 CONFIGS = {
@@ -23,8 +27,9 @@ CONFIGS = {
     "compiled_fp32": ["compile=true", "model.forward_dtype=float32"],
     "preset": [],
 }
+BASELINE = "default_engine"
 GROUP = "train/maze-cpu preset"
-ROUNDS, WARMUP = 9, 2  # a step is ~0.1-0.4 s on one thread; compilation happens in the first warm-up
+ROUNDS, WARMUP = 12, 2  # a step is ~0.1-0.4 s on one thread; compilation happens in the first warm-up
 
 
 def build(config_name: str) -> TrainEngine:
@@ -33,30 +38,38 @@ def build(config_name: str) -> TrainEngine:
     return TrainEngine(spec, BenchCase("maze_cpu_preset", cfg, MAZE_CPU), torch.device("cpu"))
 
 
-def measure_baseline() -> float:
-    return median_seconds(build("default_engine"), ROUNDS, WARMUP, torch.device("cpu"))
-
-
-@pytest.mark.parametrize("config_name", list(CONFIGS))
-def test_cpu_preset_step(benchmark, bench_profile, recorder, config_name):
+def test_cpu_preset_step_side_by_side(benchmark, bench_profile, recorder):
     if bench_profile.on_gpu:
         pytest.skip("the CPU preset's step is a CPU benchmark")
     if bench_profile.compile_backend != "inductor":
         pytest.skip(f"the {bench_profile.name} profile compiles with {bench_profile.compile_backend}, not inductor's C++ code")
-    engine = build(config_name)
-    model_config = engine.train_step.model.config
-    baselines = {} if config_name == "default_engine" else {"default_engine": measure_baseline}
+    engines = {name: build(name) for name in CONFIGS}
+    seconds = {name: [] for name in CONFIGS}
+
+    def one_round():
+        for name, engine in engines.items():
+            start = time.perf_counter()
+            engine.step()
+            seconds[name].append(time.perf_counter() - start)
+
     try:
-        record = recorder.measure(
-            benchmark, GROUP, config_name, engine.step, rounds=ROUNDS, warmup=WARMUP,
-            work={"tokens": engine.case.tokens_per_step, "puzzles": engine.case.batch_size},
-            baselines=baselines,
-            extra={"steps_per_s": None, "forward_dtype": model_config.forward_dtype,
-                   "compiled": engine.spec.compiled, "threads": torch.get_num_threads()},
-        )
-        record.values["steps_per_s"] = 1.0 / record.seconds
-        benchmark.extra_info["steps_per_s"] = record.values["steps_per_s"]
+        for _ in range(WARMUP):
+            one_round()
+        for times in seconds.values():
+            times.clear()
+        benchmark.pedantic(one_round, rounds=ROUNDS, iterations=1)
+        for name, engine in engines.items():
+            record = recorder.record(
+                None, GROUP, name, seconds[name],
+                work={"tokens": engine.case.tokens_per_step, "puzzles": engine.case.batch_size},
+                baselines={} if name == BASELINE else {BASELINE: None},
+                extra={"forward_dtype": engine.train_step.model.config.forward_dtype, "compiled": engine.spec.compiled,
+                       "threads": torch.get_num_threads()},
+            )
+            record.values["steps_per_s"] = 1.0 / record.seconds
+            benchmark.extra_info[name] = record.as_dict()
+            assert bool(engine.step().isfinite().all()), f"{name}: non-finite metrics"
         recorder.save()
-        assert bool(engine.step().isfinite().all()), f"{config_name}: non-finite metrics"
     finally:
-        teardown(engine, torch.device("cpu"))
+        for engine in engines.values():
+            teardown(engine, torch.device("cpu"))

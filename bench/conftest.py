@@ -158,9 +158,24 @@ class Recorder:
             for _ in range(warmup):
                 fn()
         benchmark.pedantic(timed, rounds=rounds, warmup_rounds=warmup, iterations=1)
-        median = _median_seconds(seconds[-rounds:])
+        return self.record(benchmark, group, variant, seconds[-rounds:], work=work, baselines=baselines, extra=extra)
+
+    def record(
+        self,
+        benchmark,
+        group: str,
+        variant: str,
+        seconds: list[float],
+        *,
+        work: Optional[dict] = None,
+        baselines: Optional[dict[str, Optional[Callable[[], Optional[float]]]]] = None,
+        extra: Optional[dict] = None,
+    ) -> Record:
+        """Record timings measured by the caller (`measure` times one function itself): the median of
+        `seconds`, rates from `work` and ratios to `baselines` (see `measure`)."""
+        median = _median_seconds(seconds)
         values = dict(extra or {})
-        values["rounds"] = len(seconds[-rounds:])
+        values["rounds"] = len(seconds)
         for amount, rate in (("tokens", "tokens_per_s"), ("puzzles", "puzzles_per_s"), ("flops", "flop_per_s"), ("bytes", "bytes_per_s")):
             if work and work.get(amount):
                 values[amount] = work[amount]
@@ -175,7 +190,8 @@ class Recorder:
                 values[f"memory_ratio_vs_{name}"] = values["peak_memory_bytes"] / base.values["peak_memory_bytes"]
         record = Record(group, variant, median, values)
         self.records[(group, variant)] = record
-        benchmark.extra_info.update({k: v for k, v in record.as_dict().items() if k not in ("group", "variant")})
+        if benchmark is not None:  # None: the caller files several records under one benchmark itself
+            benchmark.extra_info.update({k: v for k, v in record.as_dict().items() if k not in ("group", "variant")})
         self.save()  # after every record, so a run cut short by a time limit still leaves its figures
         return record
 
