@@ -137,6 +137,31 @@ def read_maze_csv(path: str | os.PathLike, size: int | None = None, check_answer
     )
 
 
+def _flat_pairs(path: Path, inputs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Questions and answers as [count, cells] arrays of the same shape (a DataError otherwise)."""
+    inputs, labels = np.asarray(inputs), np.asarray(labels)
+    inputs, labels = inputs.reshape(len(inputs), -1), labels.reshape(len(labels), -1)
+    if labels.shape != inputs.shape:
+        raise DataError(path, f"labels shape {labels.shape} differs from inputs {inputs.shape}")
+    return inputs, labels
+
+
+def _write_rows(path: Path, sources: list[str] | str, questions: list[str], answers: list[str], ratings: list,
+                noun: str) -> Path:
+    """Write `source,question,answer,rating` rows (one source for all when `sources` is a string)."""
+    count = len(questions)
+    if isinstance(sources, str):
+        sources = [sources] * count
+    if len(sources) != count or len(ratings) != count:
+        raise DataError(path, f"need one source and rating per {noun} ({count}), got {len(sources)} and {len(ratings)}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(HEADER)
+        writer.writerows(zip(sources, questions, answers, ratings))
+    return path
+
+
 def write_maze_csv(path: str | os.PathLike, inputs: np.ndarray, labels: np.ndarray,
                    sources: list[str] | str = "trm-fast", ratings: list | None = None) -> Path:
     """Write mazes (token arrays [count, N*N] or [count, N, N]) as a Maze-Hard style CSV file.
@@ -144,27 +169,12 @@ def write_maze_csv(path: str | os.PathLike, inputs: np.ndarray, labels: np.ndarr
     `ratings` defaults to each maze's path length in moves (number of 'o' cells + 1).
     """
     path = Path(path)
-    inputs = np.asarray(inputs)
-    labels = np.asarray(labels)
-    count = len(inputs)
-    inputs = inputs.reshape(count, -1)
-    labels = labels.reshape(count, -1)
-    if labels.shape != inputs.shape:
-        raise DataError(path, f"labels shape {labels.shape} differs from inputs {inputs.shape}")
-    if isinstance(sources, str):
-        sources = [sources] * count
+    inputs, labels = _flat_pairs(path, inputs, labels)
     if ratings is None:
         ratings = [int((row == maze_gen.PATH).sum()) + 1 for row in labels]
-    if len(sources) != count or len(ratings) != count:
-        raise DataError(path, f"need one source and rating per maze ({count}), got {len(sources)} and {len(ratings)}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(HEADER)
-        for i in range(count):
-            writer.writerow([sources[i], tokens_to_maze_string(inputs[i], f"{path} maze {i} question"),
-                             tokens_to_maze_string(labels[i], f"{path} maze {i} answer"), ratings[i]])
-    return path
+    questions = [tokens_to_maze_string(row, f"{path} maze {i} question") for i, row in enumerate(inputs)]
+    answers = [tokens_to_maze_string(row, f"{path} maze {i} answer") for i, row in enumerate(labels)]
+    return _write_rows(path, sources, questions, answers, ratings, "maze")
 
 
 def convert_maze_csv(train_csv: str | os.PathLike, test_csv: str | os.PathLike,
@@ -295,34 +305,19 @@ def write_sudoku_csv(path: str | os.PathLike, inputs: np.ndarray, labels: np.nda
     style CSV file, '.' for blanks. `ratings` defaults to the solver's rating of each question
     (guesses to prove the solution unique; empty when it is not unique)."""
     path = Path(path)
-    inputs = np.asarray(inputs)
-    labels = np.asarray(labels)
-    count = len(inputs)
-    inputs = inputs.reshape(count, -1)
-    labels = labels.reshape(count, -1)
-    if labels.shape != inputs.shape:
-        raise DataError(path, f"labels shape {labels.shape} differs from inputs {inputs.shape}")
+    inputs, labels = _flat_pairs(path, inputs, labels)
     geom = geometry or sudoku_gen.geometry_for_cells(inputs.shape[1], where=path)
     questions = sudoku_gen.tokens_to_digits(inputs, f"{path} inputs")
     solutions = sudoku_gen.tokens_to_digits(labels, f"{path} labels")
-    if isinstance(sources, str):
-        sources = [sources] * count
     if ratings is None:
         ratings = []
         for question in questions:
             result = sudoku_gen.solve_sudoku(question, geom)
             ratings.append(result.guesses if result.count == 1 else "")
-    if len(sources) != count or len(ratings) != count:
-        raise DataError(path, f"need one source and rating per puzzle ({count}), got {len(sources)} and {len(ratings)}")
     chars = np.frombuffer(b".123456789", np.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(HEADER)
-        for i in range(count):
-            writer.writerow([sources[i], chars[questions[i]].tobytes().decode("ascii"),
-                             chars[solutions[i]].tobytes().decode("ascii"), ratings[i]])
-    return path
+    question_texts = [chars[row].tobytes().decode("ascii") for row in questions]
+    answer_texts = [chars[row].tobytes().decode("ascii") for row in solutions]
+    return _write_rows(path, sources, question_texts, answer_texts, ratings, "puzzle")
 
 
 def convert_sudoku_csv(train_csv: str | os.PathLike, test_csv: str | os.PathLike, out_dir: str | os.PathLike,

@@ -18,6 +18,7 @@ number of puzzles.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -433,6 +434,22 @@ def _publish(tmp: Path, out: Path, params: dict) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def building_folder(out: Path, params: dict):
+    """A temporary folder beside `out` to write a dataset into; on success its build record
+    (`params`) is written and it replaces `out` atomically, on failure it is removed."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.building-{uuid.uuid4().hex[:8]}")
+    try:
+        tmp.mkdir()
+        yield tmp
+        (tmp / BUILD_INFO_FILE).write_text(json.dumps(params, indent=1))
+        _publish(tmp, out, params)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def build_maze_dataset(out_dir: str | os.PathLike, size: int = 30, num_train: int = 1000,
                        num_test: int = 1000, seed: int = 0, augment: bool = False,
                        min_path_length: int | None = None, style: str = "corridors",
@@ -461,15 +478,8 @@ def build_maze_dataset(out_dir: str | os.PathLike, size: int = 30, num_train: in
     test = maze_gen.generate_mazes(num_test, size, min_len, seed, stream=1, exclude=seen, **styled)
     train = maze_gen.generate_mazes(num_train, size, min_len, seed, stream=0, exclude=seen, **styled)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.building-{uuid.uuid4().hex[:8]}")
-    try:
+    with building_folder(out, params) as tmp:
         write_maze_split(tmp, "train", *train, size=size, augment=augment)
         write_maze_split(tmp, "test", *test, size=size, augment=False)
         write_identifiers(tmp, ["<blank>"])
-        (tmp / BUILD_INFO_FILE).write_text(json.dumps(params, indent=1))
-        _publish(tmp, out, params)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out

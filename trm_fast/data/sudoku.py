@@ -60,9 +60,7 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import time
-import uuid
 from collections import deque
 from dataclasses import dataclass
 from functools import lru_cache
@@ -788,7 +786,7 @@ def build_sudoku_dataset(out_dir, size: int = 9, num_train: int = 1000, num_test
     none. The settings are recorded in `trm_fast_build.json`; a folder whose record matches is
     returned untouched, any other content is replaced; written under a temporary name and renamed
     into place. `workers` (None: `auto_workers`) only changes the speed, never the content."""
-    from trm_fast.data.dataset import BUILD_INFO_FILE, _build_info_matches, _publish, write_identifiers
+    from trm_fast.data.dataset import _build_info_matches, building_folder, write_identifiers
 
     geom = geometry(size, box_rows, box_cols)
     for name, value in (("num_train", num_train), ("num_test", num_test), ("num_aug", num_aug), ("min_rating", min_rating)):
@@ -816,18 +814,11 @@ def build_sudoku_dataset(out_dir, size: int = 9, num_train: int = 1000, num_test
         log(f"generated {num_train + num_test} puzzles in {seconds:.1f}s "
             f"({(num_train + num_test) / max(seconds, 1e-9):.0f}/s); writing {num_aug} augmented copies of each training puzzle")
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.building-{uuid.uuid4().hex[:8]}")
-    try:
+    with building_folder(out, params) as tmp:
         rng = np.random.default_rng(np.random.SeedSequence([int(seed), 2]))
         write_sudoku_split(tmp, "train", *train, geom=geom, num_aug=int(num_aug), rng=rng)
         write_sudoku_split(tmp, "test", *test, geom=geom, num_aug=0)
         write_identifiers(tmp, ["<blank>"])
-        (tmp / BUILD_INFO_FILE).write_text(json.dumps(params, indent=1))
-        _publish(tmp, out, params)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
