@@ -83,6 +83,13 @@ def test_resume_continues_exactly(tiny_config, tmp_path):
     assert a["metrics"] == b["metrics"]  # the final evaluation too
 
 
+def test_resume_with_another_model_config_names_the_fields(tiny_config, tmp_path):
+    _quiet_train(tiny_config("max_steps=2"), tmp_path / "run")
+    with pytest.raises(ckpt.CheckpointError, match=r"model config differs from this run's \(l_cycles: 1 there, 2 here\)$"):
+        train(tiny_config("max_steps=4", "model.l_cycles=2"), tmp_path / "run", resume=True, progress=False,
+              log=lambda _line: None)
+
+
 def test_resume_without_checkpoint_is_an_error(tiny_config, tmp_path):
     with pytest.raises(ckpt.CheckpointError, match="nothing to resume"):
         train(tiny_config(), tmp_path / "empty", resume=True, progress=False)

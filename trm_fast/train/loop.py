@@ -249,8 +249,11 @@ class Trainer:
         payload = ckpt.load_checkpoint(path)
         ctx = self.context
         same_world = payload["world_size"] == ctx.world_size
-        if payload["model_config"] != self.model.config.to_dict():
-            raise ckpt.CheckpointError(f"{path}: its model config differs from this run's")
+        saved, current = payload["model_config"], self.model.config.to_dict()
+        if saved != current:
+            differing = sorted(key for key in set(saved) | set(current) if saved.get(key) != current.get(key))
+            details = ", ".join(f"{key}: {saved.get(key)} there, {current.get(key)} here" for key in differing)
+            raise ckpt.CheckpointError(f"{path}: its model config differs from this run's ({details})")
         try:
             self.model.load_state_dict(payload["model"])
             self.train_step.optimizer.load_state_dict(payload["optimizer"])
