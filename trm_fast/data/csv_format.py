@@ -286,11 +286,7 @@ def read_sudoku_csv(path: str | os.PathLike, size: int | None = None, box_rows: 
         raise DataError(path, "no Sudoku rows after the header")
     q = _sudoku_digits(questions, lines, path, "question", geom)
     a = _sudoku_digits(answers, lines, path, "answer", geom)
-    if check_answers:
-        found = sudoku_gen.first_bad_pair(q, a, geom)
-    else:
-        problems = sudoku_gen._rule_violations(q, geom, complete=False)
-        found = (min(problems), "question", f"the givens break a Sudoku rule: {problems[min(problems)]}") if problems else None
+    found = sudoku_gen.first_bad_pair(q, a if check_answers else None, geom)
     if found is not None:
         row, name, problem = found
         raise DataError(f"{path} line {lines[row]} field '{name}'", problem)

@@ -670,13 +670,17 @@ def check_sudoku_pair(question, answer, geom: Geometry | None = None, where: str
         raise DataError(f"{where} field '{field}'", problem)
 
 
-def first_bad_pair(questions: np.ndarray, answers: np.ndarray, geom: Geometry):
+def first_bad_pair(questions: np.ndarray, answers: np.ndarray | None, geom: Geometry):
     """(row, field, problem) of the first pair of digit grids [M, N*N] that breaks a rule (givens
     repeating a digit in a row, column or box; an answer that changes a given, repeats a digit or
-    leaves a blank), or None."""
+    leaves a blank), or None. With `answers` None only the questions are checked."""
     N = geom.size
     q_problems = _rule_violations(questions, geom, complete=False)
-    a_problems = _rule_violations(answers, geom, complete=True)
+    if answers is None:
+        answers = questions  # no answer problems: the givens unchanged, and blanks allowed below
+        a_problems = {}
+    else:
+        a_problems = _rule_violations(answers, geom, complete=True)
     changed = (questions != 0) & (answers != questions)
     changed_rows = np.flatnonzero(changed.any(axis=1))
     rows = sorted(set(q_problems) | set(a_problems) | {int(m) for m in changed_rows[:1]})
