@@ -47,6 +47,18 @@ def test_low_precision_falls_back_to_float32_only_on_cpus_without_it(monkeypatch
     assert runnable_model_config(TRMConfig(vocab_size=6, seq_len=16), torch.device("cpu"), messages.append).forward_dtype == "float32"
 
 
+@pytest.mark.parametrize("native, expected", [(False, "float32"), (True, "bfloat16")])
+def test_train_step_runs_float32_on_cpus_without_native_bf16(monkeypatch, native, expected):
+    # The trainer, benchmarks and tests build their model here: the fallback must happen here too.
+    monkeypatch.setattr(step_lib, "cpu_runs_fast", lambda dtype: native)
+    cfg = tiny_cpu_config(False, "bfloat16")
+    messages = []
+    step = build_train_step(cfg, config_lib.model_config(cfg, vocab_size=6, seq_len=16), torch.device("cpu"),
+                            log=messages.append)
+    assert step.model.config.forward_dtype == expected
+    assert any("float32" in message for message in messages) == (not native)
+
+
 def test_bf16_compiled_step_matches_eager_and_stays_finite(monkeypatch):
     monkeypatch.setattr(step_lib, "cpu_runs_fast", lambda dtype: True)  # bf16 on any CPU, slow or not
     model_config = config_lib.model_config(tiny_cpu_config(False, "bfloat16"), vocab_size=6, seq_len=16)

@@ -159,6 +159,7 @@ def build_train_step(
     """The model (cfg.engine, seeded with cfg.seed; rank 0's weights on every rank), its EMA and the
     step, as the trainer builds them. Benchmarks and tests build theirs here too, from a preset."""
     torch.manual_seed(cfg.seed)
+    model_config = runnable_model_config(model_config, torch.device(device), log)
     model = make_model(model_config, cfg.engine, cfg.backend, **fast_options(cfg)).to(device)
     if context is not None:
         dist_lib.broadcast_module(model, context)
