@@ -1,12 +1,8 @@
 """Op 3 (rope_qkv) on CPU: the Triton kernels run in Triton's interpreter (see conftest.py)."""
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 
-from tests.op_backends import runs_here
+from tests.op_backends import compile_aot_specs, runs_here
 from trm_fast.ops.rope import rope_qkv, rope_qkv_backward, rope_qkv_reference, rope_tables
 
 pytestmark = runs_here("rope_qkv")
@@ -113,16 +109,4 @@ def test_torch_compile_fullgraph():
 
 
 def test_aot_specs_compile_for_sm80_and_sm90():
-    script = (
-        "import trm_fast\n"
-        "from trm_fast.kernels._aot import compile_spec\n"
-        "from trm_fast.kernels.rope import AOT_SPECS\n"
-        "for spec in AOT_SPECS:\n"
-        "    for arch in (80, 90):\n"
-        "        assert compile_spec(spec, arch).metadata.num_warps == spec.num_warps\n"
-        "print('compiled', 2 * len(AOT_SPECS))\n"
-    )
-    env = dict(os.environ, TRITON_INTERPRET="0")
-    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "compiled 4" in result.stdout
+    assert compile_aot_specs("rope", timeout_s=300) == 4
