@@ -21,7 +21,7 @@ from typing import Callable, Optional
 
 import torch
 
-from bench.timing import device_seconds, seconds_each_call, sync
+from bench.timing import device_seconds, seconds_each_call
 from trm_fast.errors import first_line
 
 TASKS: dict[str, Callable] = {}
@@ -657,10 +657,7 @@ def op_bandwidth(ctx: Context, args: dict) -> None:
             continue
         inputs = case.inputs()
         call = _op_call(fn, inputs, pass_name == "fwdbwd")
-        begin = time.perf_counter()
-        call()
-        sync(ctx.device)
-        first_s = time.perf_counter() - begin
+        (first_s,) = device_seconds(call, ctx.device)  # the first call: JIT compiles, autotuning
         # Back-to-back calls amortise launch gaps for the small ops; a slow one (the fp32 attention
         # reference materialises its S x S scores) is timed three times, once each.
         schedule = ((3, 5, 10) if first_s < 0.02 else (1, 3, 1)) if big else (0, 1, 1)
