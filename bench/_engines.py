@@ -14,12 +14,12 @@ Engines (`ENGINE_NAMES`) are config overrides of the same step:
 from __future__ import annotations
 
 import gc
-import time
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 
+from bench.timing import device_seconds, sync
 from trm_fast import config as config_lib
 from trm_fast import memory as memory_lib
 from trm_fast.config import TrainConfig
@@ -148,6 +148,11 @@ ENGINE_NAMES = tuple(ENGINE_SPECS)
 BASELINES = ("reference", "reference_compiled", "fast_torch")
 
 
+def earlier_baselines(variant: str, baselines: tuple[str, ...]) -> tuple[str, ...]:
+    """The baselines a variant is compared with: all of them, or for a baseline those listed before it."""
+    return baselines[: baselines.index(variant)] if variant in baselines else baselines
+
+
 def why_unavailable(spec: EngineSpec, device: torch.device) -> Optional[str]:
     """None when `spec` can run on `device`, else the reason (a skip message)."""
     if spec.cuda_graphs and device.type != "cuda":
@@ -166,11 +171,6 @@ def why_unavailable(spec: EngineSpec, device: torch.device) -> Optional[str]:
 def op_backends(spec: EngineSpec, device: torch.device) -> dict[str, str]:
     """Which implementation each op runs with under this engine (what the report records)."""
     return resolve_backend_name(device, spec.backend)
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def release_memory(device: torch.device) -> None:
@@ -236,18 +236,6 @@ class EvalEngine:
 
 
 # ----------------------------------------------------------------------------- measuring
-def time_calls(fn: Callable[[], object], rounds: int, warmup: int) -> list[float]:
-    """Wall seconds of `rounds` calls after `warmup` calls (fn synchronises the device itself)."""
-    for _ in range(warmup):
-        fn()
-    seconds = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        fn()
-        seconds.append(time.perf_counter() - start)
-    return seconds
-
-
 def peak_memory_bytes(device: torch.device) -> Optional[int]:
     return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
 
@@ -266,6 +254,6 @@ def teardown(engine, device: torch.device) -> None:
 
 def median_seconds(engine, rounds: int, warmup: int, device: torch.device) -> float:
     """Median time of `engine.step` over `rounds` after `warmup`, then frees the engine (baselines)."""
-    seconds = sorted(time_calls(engine.step, rounds, warmup))[rounds // 2]
+    seconds = sorted(device_seconds(engine.step, device, warmup, rounds))[rounds // 2]
     teardown(engine, device)
     return seconds

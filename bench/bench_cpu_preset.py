@@ -14,12 +14,11 @@ machine hits all three alike instead of whichever ran then. Each configuration's
 to default_engine land in the summary table. Compile time is spent in the warm-up, outside the timed
 steps (the trainer's log shows it: ~30 s).
 """
-import time
-
 import pytest
 import torch
 
 from bench._engines import ENGINE_SPECS, MAZE_CPU, BenchCase, TrainEngine, teardown
+from bench.timing import device_seconds
 from trm_fast import config as config_lib
 
 CONFIGS = {
@@ -48,9 +47,7 @@ def test_cpu_preset_step_side_by_side(benchmark, bench_profile, recorder):
 
     def one_round():
         for name, engine in engines.items():
-            start = time.perf_counter()
-            engine.step()
-            seconds[name].append(time.perf_counter() - start)
+            seconds[name] += device_seconds(engine.step, torch.device("cpu"))
 
     try:
         for _ in range(WARMUP):

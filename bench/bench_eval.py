@@ -3,8 +3,8 @@ import math
 
 import pytest
 
-from bench._engines import ENGINE_SPECS, EvalEngine, median_seconds, op_backends, teardown
-from bench.bench_step import case_for, earlier_baselines, skip_reason
+from bench._engines import ENGINE_SPECS, EvalEngine, earlier_baselines, median_seconds, op_backends, teardown
+from bench.bench_step import case_for, skip_reason
 
 EVAL_BASELINES = ("reference", "reference_compiled")
 

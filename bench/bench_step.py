@@ -10,6 +10,7 @@ from bench._engines import (
     BASELINES,
     ENGINE_SPECS,
     TrainEngine,
+    earlier_baselines,
     median_seconds,
     op_backends,
     paper_case,
@@ -46,11 +47,6 @@ def _engine_rounds(profile, engine_name):
 
 def _build(profile, engine_name, case):
     return TrainEngine(ENGINE_SPECS[engine_name], case, profile.device, compile_backend=profile.compile_backend)
-
-
-def earlier_baselines(variant, baselines):
-    """The baselines a variant is compared with: all of them, or for a baseline those listed before it."""
-    return baselines[: baselines.index(variant)] if variant in baselines else baselines
 
 
 def baseline_thunk(profile, case_name, baseline):

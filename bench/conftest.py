@@ -1,15 +1,9 @@
-"""Benchmark set-up: size profile (paper shapes on GPU, tiny on CPU) and ratio recording.
+"""Benchmark set-up: the session's size profile (bench/profiles.py) and ratio recording.
 
-Profiles (environment variable TRM_BENCH_PROFILE overrides the automatic choice):
-    gpu   a CUDA device: paper shapes in bf16, every engine, every config, plain ops also compiled
-    cpu   no GPU (CI): scaled-down fp32 shapes; the costly paths (inductor compiles, Triton's
-          interpreter) run on one config / one op only, so `pytest bench/` stays under 5 min on 2 cores
-    tiny  the smallest smoke run (`python -m bench.report --tiny`): one config, every engine once,
-          compiles with the aot_eager backend (traced by dynamo, no C++ build)
 Every measurement goes through the `recorder` fixture: it times the function with
-`benchmark.pedantic`, states its ratio to the baselines measured in the same run (in the
-benchmark's extra_info), prints a summary table at the end and, with TRM_BENCH_RESULTS=<file>,
-writes every record to that JSON file (what bench/report.py reads).
+`benchmark.pedantic` (bench/timing.py times each call), states its ratio to the baselines measured in
+the same run (in the benchmark's extra_info), prints a summary table at the end and, with
+TRM_BENCH_RESULTS=<file>, writes every record to that JSON file (what bench/report reads).
 No absolute CPU time is a result: on CPU only the ratios mean anything (and those of the Triton
 engine, which runs in its interpreter there, do not).
 """
@@ -18,84 +12,18 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import pytest
 import torch
 
+from bench.profiles import Profile, session_profile
+from bench.timing import device_seconds
 from trm_fast.flops import model_flop_utilisation, peak_flops
 from trm_fast.ops._backend import triton_interpreter_on
 
-PROFILE_ENV = "TRM_BENCH_PROFILE"
 RESULTS_ENV = "TRM_BENCH_RESULTS"
-COMPILE_BACKEND_ENV = "TRM_BENCH_COMPILE_BACKEND"
-CPU_THREADS_ENV = "TRM_BENCH_CPU_THREADS"  # intra-op threads for CPU timings (default 1)
-
-
-@dataclass
-class Profile:
-    name: str
-    device: torch.device
-    dtype: torch.dtype
-    rounds: int  # timed calls per measurement
-    warmup: int  # untimed calls first (compilation, autotuning, graph capture happen here)
-    case_names: tuple[str, ...]  # configs of the step and eval benchmarks
-    compiled_cases: tuple[str, ...]  # configs where compiled engines run
-    interpreted_cases: tuple[str, ...]  # configs where the Triton engine runs on CPU (interpreter)
-    eval_compiled: bool  # reference_compiled in the evaluation benchmark
-    compiled_ops: Optional[tuple[str, ...]]  # ops whose plain version is also compiled (None = all)
-    interpreted_ops: Optional[tuple[str, ...]]  # ops measured at all (None = all)
-    compile_backend: str = "inductor"
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def on_gpu(self) -> bool:
-        return self.device.type == "cuda"
-
-    def compile(self, fn):
-        return torch.compile(fn, backend=self.compile_backend)
-
-
-def make_profile(name: Optional[str] = None) -> Profile:
-    name = name or os.environ.get(PROFILE_ENV) or ("gpu" if torch.cuda.is_available() else "cpu")
-    from bench._engines import CASE_NAMES
-
-    if name == "gpu":
-        if not torch.cuda.is_available():
-            raise pytest.UsageError("TRM_BENCH_PROFILE=gpu needs a CUDA device")
-        profile = Profile(
-            "gpu", torch.device("cuda"), torch.bfloat16, rounds=5, warmup=3, case_names=CASE_NAMES,
-            # Compiled evaluation costs three more compiles (~1.5 min); TRM_BENCH_EVAL_COMPILED=1 adds it.
-            compiled_cases=CASE_NAMES, interpreted_cases=CASE_NAMES,
-            eval_compiled=os.environ.get("TRM_BENCH_EVAL_COMPILED") == "1", compiled_ops=None,
-            interpreted_ops=None,
-        )
-    elif name == "cpu":
-        profile = Profile(
-            "cpu", torch.device("cpu"), torch.float32, rounds=3, warmup=1, case_names=CASE_NAMES,
-            compiled_cases=("sudoku_mlp",), interpreted_cases=("sudoku_att",), eval_compiled=False,
-            compiled_ops=("rms_norm_residual",), interpreted_ops=None,
-        )
-    elif name == "tiny":
-        profile = Profile(
-            "tiny", torch.device("cuda" if torch.cuda.is_available() else "cpu"), torch.float32, rounds=1, warmup=1,
-            case_names=("sudoku_mlp",), compiled_cases=("sudoku_mlp",), interpreted_cases=("sudoku_mlp",),
-            eval_compiled=False, compiled_ops=("rms_norm_residual",),
-            interpreted_ops=("copy", "rms_norm_residual", "swiglu"), compile_backend="aot_eager",
-        )
-    else:
-        raise pytest.UsageError(f"{PROFILE_ENV} must be gpu, cpu or tiny, got {name!r}")
-    profile.compile_backend = os.environ.get(COMPILE_BACKEND_ENV, profile.compile_backend)
-    if not profile.on_gpu:
-        profile.notes.append("CPU: only ratios are results; Triton runs in its interpreter (its ratios are not performance)")
-        # One intra-op thread by default: on a shared or oversubscribed runner, spinning OpenMP threads
-        # make timings swing by 10x; single-threaded ratios are stable and still compare the engines.
-        threads = int(os.environ.get(CPU_THREADS_ENV, "1"))
-        torch.set_num_threads(threads)
-        profile.notes.append(f"CPU: timed with torch.set_num_threads({threads}) ({CPU_THREADS_ENV})")
-    return profile
 
 
 # ----------------------------------------------------------------------------- recording
@@ -150,9 +78,7 @@ class Recorder:
         seconds: list[float] = []
 
         def timed():
-            start = time.perf_counter()
-            fn()
-            seconds.append(time.perf_counter() - start)
+            seconds.extend(device_seconds(fn, self.profile.device))
 
         if benchmark.disabled:  # pedantic then makes one call and no warm-up: do ours first
             for _ in range(warmup):
@@ -236,20 +162,12 @@ def format_summary(records: list[dict], absolute: bool) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- pytest wiring
-_PROFILE: Optional[Profile] = None
 _RECORDER: Optional[Recorder] = None
-
-
-def _session_profile() -> Profile:
-    global _PROFILE
-    if _PROFILE is None:
-        _PROFILE = make_profile()
-    return _PROFILE
 
 
 @pytest.fixture(scope="session")
 def bench_profile() -> Profile:
-    return _session_profile()
+    return session_profile()
 
 
 @pytest.fixture(scope="session")
@@ -263,7 +181,7 @@ def recorder(bench_profile) -> Recorder:
 def pytest_generate_tests(metafunc):
     from bench._engines import ENGINE_NAMES
 
-    profile = _session_profile()
+    profile = session_profile()
     if "case_name" in metafunc.fixturenames:
         metafunc.parametrize("case_name", profile.case_names)
     if "engine_name" in metafunc.fixturenames:
@@ -273,7 +191,7 @@ def pytest_generate_tests(metafunc):
 def pytest_terminal_summary(terminalreporter):
     if _RECORDER is None or not _RECORDER.records:
         return
-    from bench.report import derive_ratios
+    from bench.report.summary import derive_ratios
 
     records = derive_ratios([record.as_dict() for record in _RECORDER.records.values()])
     terminalreporter.section(f"trm-fast benchmarks ({_RECORDER.profile.name} profile, {_RECORDER.device_name})")

@@ -9,8 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 
 CSRC_DIR = Path(__file__).resolve().parent
-SOURCES = ("bindings.cpp", "rms_norm_residual.cu", "loss_head.cu")
-HEADERS = ("trm_fast_kernels.h", "common.h")
+# Every source in the folder: an op's .cu and _bindings.cpp join the build by being there (the op list
+# itself is trm_fast.ops.registry; tests/csrc checks the two agree).
+SOURCES = tuple(sorted(path.name for path in CSRC_DIR.iterdir() if path.suffix in (".cpp", ".cu")))
+HEADERS = tuple(sorted(path.name for path in CSRC_DIR.glob("*.h")))
 ARCH_FLAGS = (
     "-gencode=arch=compute_80,code=sm_80",
     "-gencode=arch=compute_90,code=sm_90",

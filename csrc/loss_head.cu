@@ -8,7 +8,7 @@
 #include <cfloat>
 
 #include "common.h"
-#include "trm_fast_kernels.h"
+#include "loss_head.h"
 
 namespace trm_fast {
 namespace {

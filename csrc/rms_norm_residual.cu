@@ -5,7 +5,7 @@
 // shuffle reduction. Math in fp32; the residual add is rounded to the storage dtype first, exactly
 // like `(residual + delta).float()` in the PyTorch reference.
 #include "common.h"
-#include "trm_fast_kernels.h"
+#include "rms_norm_residual.h"
 
 namespace trm_fast {
 namespace {

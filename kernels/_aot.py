@@ -1,7 +1,8 @@
 """Ahead-of-time compilation of the Triton kernels for real GPU targets, without a GPU.
 
-Each kernel module declares `AOT_SPECS`: the signatures (dtypes, constexpr block sizes, warps) that
-its launcher really uses, and which arguments are multiples of 16 at the real launch shapes.
+Each kernel module (named by an op entry of trm_fast.ops.registry) declares `AOT_SPECS`: the
+signatures (dtypes, constexpr block sizes, warps) that its launcher really uses, and which arguments
+are multiples of 16 at the real launch shapes.
 `compile_spec` compiles one for a chosen architecture through Triton's own compiler (ptxas ships
 with Triton) with the specialisation the JIT gives those launches, which catches what the
 interpreter lets through: illegal tile shapes, shared-memory overflow, unsupported dtypes.
@@ -26,7 +27,6 @@ import contextlib
 import importlib
 import inspect
 import io
-import pkgutil
 import re
 import sys
 from dataclasses import dataclass, field, replace
@@ -77,14 +77,12 @@ def _is_integer(kind: str) -> bool:  # the JIT never marks booleans (i1 / u1) or
 
 
 def all_specs() -> list[AOTSpec]:
-    import trm_fast.kernels as package
+    """The AOT_SPECS of every kernels module an op of trm_fast.ops.registry names, by module name."""
+    from trm_fast.ops.registry import OPS
 
     specs: list[AOTSpec] = []
-    for module_info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
-        if module_info.name.startswith("_"):
-            continue
-        module = importlib.import_module(f"trm_fast.kernels.{module_info.name}")
-        specs.extend(getattr(module, "AOT_SPECS", []))
+    for name in sorted({entry.kernels for entry in OPS.values()}):
+        specs.extend(getattr(importlib.import_module(f"trm_fast.kernels.{name}"), "AOT_SPECS", []))
     return specs
 
 

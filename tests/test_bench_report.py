@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench._report_plan import BUILD_TASK, PARTS, build_plan, estimate_by_part
-from bench._report_tasks import TASKS, bench_case, compare_engines, compare_op, relative_error
-from bench._report_worker import fault_actions
+from bench.report.plan import BUILD_TASK, PARTS, build_plan, estimate_by_part
+from bench.report.tasks import TASKS, bench_case, compare_engines, compare_op, relative_error
+from bench.report.worker import fault_actions
 from bench.report import (
     add_ratios,
     check_targets,
@@ -219,7 +219,7 @@ def test_compare_engines_torch_backend_fp32_and_the_bf16_floor():
 
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available(), reason="no Triton here")
 def test_compare_op_triton_kernel_matches_the_plain_op():
-    from bench._report_tasks import Context
+    from bench.report.tasks import Context
 
     ctx = Context(lambda record: None, tiny=True)
     result = compare_op(ctx.op_cases["rms_norm_residual_inject"], "triton", ctx.device)

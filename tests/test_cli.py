@@ -45,17 +45,38 @@ def test_train_eval_solve(trained_run, capsys):
 
 
 @pytest.mark.parametrize("engine, backend", [("fast", "torch"), ("fast", "triton"), ("reference", None)])
-def test_eval_and_solve_run_the_chosen_engine_and_backend(trained_run, engine, backend):
-    import argparse
-
-    from trm_fast.cli import load_model_for_eval
+def test_eval_and_solve_run_the_chosen_engine_and_backend(trained_run, engine, backend, monkeypatch, capsys):
+    """`eval` and `solve` run the model of the chosen engine, and its ops on the chosen backend: the
+    Triton kernels are launched with --backend triton and never otherwise."""
+    import trm_fast.cli as cli
+    from trm_fast.kernels import rms_norm_residual as rms_kernels
     from trm_fast.model import FastTRM
 
-    args = argparse.Namespace(checkpoint=str(trained_run / "run"), data=None, model_set=None, engine=engine, backend=backend)
-    model, _source, description = load_model_for_eval(args, torch.device("cpu"))
-    assert isinstance(model, FastTRM) == (engine == "fast") and f"engine {engine}" in description
-    if engine == "fast":
-        assert model.backend == backend
+    loaded = []  # (model, its forward calls) per command
+    load_model_for_eval = cli.load_model_for_eval
+
+    def load_and_count(args, device):
+        model, source, description = load_model_for_eval(args, device)
+        calls, forward = [], model.forward
+        model.forward = lambda *inputs, **options: calls.append(1) or forward(*inputs, **options)
+        loaded.append((model, calls))
+        return model, source, description
+
+    launches = []
+    launch = rms_kernels.rms_norm_residual_fwd
+    monkeypatch.setattr(cli, "load_model_for_eval", load_and_count)
+    monkeypatch.setattr(rms_kernels, "rms_norm_residual_fwd", lambda *args: launches.append(1) or launch(*args))
+    chosen = ["--engine", engine, "--device", "cpu"] + (["--backend", backend] if backend else [])
+    for command in (["eval"], ["solve", "--index", "1"]):
+        launches.clear()
+        assert main([*command, "--checkpoint", str(trained_run / "run"), *chosen]) == 0, command
+        model, calls = loaded[-1]
+        assert isinstance(model, FastTRM) == (engine == "fast"), command
+        assert f"engine {engine}" in capsys.readouterr().out
+        assert calls, f"{command[0]} did not run the loaded model"
+        if engine == "fast":
+            assert model.backend == backend
+        assert bool(launches) == (backend == "triton"), (command, len(launches))
 
 
 def test_eval_engines_agree(trained_run, capsys):

@@ -53,14 +53,24 @@ def test_plot_writes_a_png_of_loss_accuracy_and_lr(tiny_run, tmp_path, capsys):
     assert held_out.get_ydata()[-1] == pytest.approx(100 * records[-1]["test/exact_accuracy"])
 
 
-def test_solve_image_draws_every_supervision_step(tiny_run, tmp_path, capsys):
+def test_solve_image_draws_every_supervision_step(tiny_run, tmp_path, capsys, monkeypatch):
+    written = []  # the figures `solve` saves
+    save_figure = plots.save_figure
+    monkeypatch.setattr(plots, "save_figure", lambda figure, path: written.append(figure) or save_figure(figure, path))
     out = tmp_path / "solve.png"
     assert main(["solve", "--checkpoint", str(tiny_run), "--index", "1", "--image", str(out), "--device", "cpu",
                  "--backend", "torch"]) == 0
     printed = capsys.readouterr().out
     assert f"wrote {out}" in printed and ("CORRECT" in printed) != ("WRONG" in printed)
-    pixels = read_png(out)
+    steps = int(next(item for item in TINY_SETS if item.startswith("model.halt_max_steps=")).split("=")[1])
+    assert f"model answer after {steps} steps" in printed
+    (figure,) = written
+    titles = [axes.get_title() for axes in figure.axes if axes.get_title()]
+    assert titles[0] == "question" and titles[-1] == "expected"
+    assert [title.split(":")[0] for title in titles[1:-1]] == [f"step {index}" for index in range(1, steps + 1)]
+    pixels = read_png(out)  # the panels side by side: one row, wider than high
     assert pixels.shape[1] > pixels.shape[0] > 100
+    assert pixels.shape[:2] == tuple(round(size * figure.dpi) for size in reversed(figure.get_size_inches()))
 
 
 def test_solve_figure_panels_mark_wrong_cells_and_halting():

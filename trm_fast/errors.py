@@ -10,3 +10,12 @@ def user_errors() -> tuple[type, ...]:
 
     # OSError: unreadable/unwritable paths, full disks (the message names the path).
     return (ConfigError, DataError, CheckpointError, BackendUnavailable, OSError)
+
+
+def first_line(error: BaseException | str, limit: int | None = None) -> str:
+    """The first line of an error's message, at most `limit` characters (the error's type when empty):
+    what a one-line report of an error shows."""
+    lines = str(error).strip().splitlines()
+    if not lines:
+        return type(error).__name__ if isinstance(error, BaseException) else ""
+    return lines[0][:limit]

@@ -12,8 +12,10 @@ import pytest
 import torch
 
 from trm_fast.ops import cuda_ext
+from trm_fast.ops.registry import OPS
 
-EXPORTED = ("rms_norm_residual_fwd", "rms_norm_residual_bwd", "loss_head_fwd", "loss_head_bwd")
+CUDA_KERNELS = sorted({entry.cuda_kernel for entry in OPS.values() if entry.cuda_kernel})
+EXPORTED = tuple(f"{kernel}_{direction}" for kernel in CUDA_KERNELS for direction in ("fwd", "bwd"))
 
 
 def _toolchain_missing() -> str | None:
@@ -32,12 +34,26 @@ def test_available_never_raises_and_is_false_without_a_gpu():
         assert result is False
 
 
-def test_wrappers_reject_cpu_tensors():
+def test_calls_reject_cpu_tensors():
     x = torch.zeros(2, 8)
-    with pytest.raises(ValueError, match="CUDA tensor"):
-        cuda_ext.rms_norm_residual_fwd(x, x, None, None, 1e-5)
-    with pytest.raises(ValueError, match="CUDA tensor"):
-        cuda_ext.loss_head_fwd(torch.zeros(1, 2, 6), torch.zeros(1, 2, dtype=torch.long), torch.zeros(1), -100, True)
+    with pytest.raises(ValueError, match="rms_norm_residual_fwd: the CUDA extension needs CUDA tensors, got cpu"):
+        cuda_ext.run("rms_norm_residual_fwd", x, x, None, None, 1e-5)
+    with pytest.raises(ValueError, match="loss_head_fwd: the CUDA extension needs CUDA tensors"):
+        cuda_ext.run("loss_head_fwd", torch.zeros(1, 2, 6), torch.zeros(1, 2, dtype=torch.long), torch.zeros(1), -100, True)
+
+
+def test_every_cuda_kernel_of_the_registry_is_built_and_nothing_else():
+    """An op entry with `cuda_kernel` has its kernel, header and binding in csrc/ (which the build takes
+    whole), and every op source in csrc/ belongs to an entry."""
+    build_ext = cuda_ext._build_ext_module(cuda_ext.csrc_dir())
+    op_sources = {name for name in build_ext.SOURCES if name != "bindings.cpp"}
+    expected = {f"{kernel}{suffix}" for kernel in CUDA_KERNELS for suffix in (".cu", "_bindings.cpp")}
+    assert op_sources == expected
+    assert {f"{kernel}.h" for kernel in CUDA_KERNELS} <= set(build_ext.HEADERS)
+    for kernel in CUDA_KERNELS:  # the binding exports what cuda_ext.run is asked for
+        binding = (cuda_ext.csrc_dir() / f"{kernel}_bindings.cpp").read_text()
+        for direction in ("fwd", "bwd"):
+            assert f'm.def("{kernel}_{direction}"' in binding, (kernel, direction)
 
 
 def test_extension_description_targets_sm80_and_sm90():

@@ -32,7 +32,7 @@ def test_rms_norm_residual_fwd_bwd(dtype, hidden, n_inject):
     shape = (3, 97, hidden)
     residual, delta = randn(*shape, dtype=dtype), randn(*shape, dtype=dtype, misaligned=hidden == 1024)
     injects = [randn(*shape, dtype=dtype) for _ in range(n_inject)] + [None] * (2 - n_inject)
-    out, next_input, rstd = cuda_ext.rms_norm_residual_fwd(residual, delta, *injects, 1e-5)
+    out, next_input, rstd = cuda_ext.run("rms_norm_residual_fwd", residual, delta, *injects, 1e-5)
     if n_inject:
         ref_out, ref_next = rms_norm_residual_inject_reference(residual, delta, *injects, eps=1e-5)
         torch.testing.assert_close(next_input, ref_next, rtol=tol, atol=tol)
@@ -45,7 +45,7 @@ def test_rms_norm_residual_fwd_bwd(dtype, hidden, n_inject):
 
     grad_out = randn(*shape, dtype=dtype)
     grad_next = randn(*shape, dtype=dtype) if n_inject else None
-    grad_s = cuda_ext.rms_norm_residual_bwd(grad_out, grad_next, out, rstd)
+    grad_s = cuda_ext.run("rms_norm_residual_bwd", grad_out, grad_next, out, rstd)
     # autograd of the fp32 normalisation (from the same rounded sum) as the reference gradient
     leaf = summed.clone().requires_grad_()
     normed = leaf * torch.rsqrt(leaf.square().mean(-1, keepdim=True) + 1e-5)
@@ -58,7 +58,7 @@ def test_rms_norm_residual_fwd_bwd(dtype, hidden, n_inject):
 def test_rms_norm_rejects_too_wide_rows():
     x = randn(2, 4096, dtype=torch.float32)
     with pytest.raises(ValueError, match="hidden size"):
-        cuda_ext.rms_norm_residual_fwd(x, x, None, None, 1e-5)
+        cuda_ext.run("rms_norm_residual_fwd", x, x, None, None, 1e-5)
 
 
 @pytest.mark.parametrize("stablemax", [True, False])
@@ -70,7 +70,7 @@ def test_loss_head_kernels_direct(stablemax, labels_dtype):
     labels = torch.randint(0, 12, (16, 900), device="cuda", dtype=labels_dtype)
     labels[:, ::7] = -100
     q = torch.randn(16, device="cuda")
-    lm, q_loss, accuracy, correct, count = cuda_ext.loss_head_fwd(logits, labels, q, -100, stablemax)
+    lm, q_loss, accuracy, correct, count = cuda_ext.run("loss_head_fwd", logits, labels, q, -100, stablemax)
     leaf = logits.clone().requires_grad_()
     ref = act_loss_head_reference(leaf, labels, q, -100, "stablemax" if stablemax else "softmax")
     torch.testing.assert_close(lm, ref["lm_loss"], rtol=1e-5, atol=1e-6)
@@ -78,7 +78,7 @@ def test_loss_head_kernels_direct(stablemax, labels_dtype):
     torch.testing.assert_close(accuracy, ref["token_accuracy"])
     assert torch.equal(correct, ref["seq_correct"]) and torch.equal(count, ref["token_count"])
     weights = torch.rand(16, device="cuda")
-    grad = cuda_ext.loss_head_bwd(logits, labels, count, weights, -100, stablemax)
+    grad = cuda_ext.run("loss_head_bwd", logits, labels, count, weights, -100, stablemax)
     (expected,) = torch.autograd.grad((ref["lm_loss"] * weights).sum(), leaf)
     scale = expected.abs().max().item()
     torch.testing.assert_close(grad.float(), expected.float(), rtol=1e-2, atol=1e-2 * scale)

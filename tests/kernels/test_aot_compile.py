@@ -26,25 +26,12 @@ from trm_fast.kernels._aot import (
     with_allowed_spills,
     with_divisible,
 )
+from trm_fast.ops.registry import OPS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ARCHES = ("sm_80", "sm_90")
-# Kernels this project's ops depend on; an empty or truncated spec list must fail the test.
-REQUIRED_PREFIXES = (
-    "rms_norm_residual.fwd",
-    "rms_norm_residual.bwd",
-    "add_streams",
-    "swiglu.fwd",
-    "swiglu.bwd",
-    "token_rms_norm.fwd",
-    "token_rms_norm.bwd",
-    "loss_head.fwd",
-    "optimizer.adam_atan2_ema",
-    "optimizer.sign_sgd_rows",
-    "rope",
-    "attention",
-    "fused_linear",
-)
+# Kernels the ops depend on (trm_fast.ops.registry); an empty or truncated spec list must fail the test.
+REQUIRED_PREFIXES = tuple(prefix for entry in OPS.values() for prefix in entry.aot_specs)
 
 
 def _compile_env() -> dict:
@@ -97,6 +84,7 @@ def test_specs_cover_every_kernels_module(aot_table):
     kernel_modules = sorted(
         path.stem for path in (REPO_ROOT / "kernels").glob("*.py") if not path.stem.startswith("_")
     )
+    assert kernel_modules == sorted({entry.kernels for entry in OPS.values()}), "a kernels module without an op entry"
     for module in kernel_modules:
         assert any(name.split(".")[0].split("[")[0] == module for name in names), (
             f"kernels/{module}.py declares no AOT_SPECS (or its names do not start with '{module}')"

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from trm_fast.model.compat import CheckpointError, infer_config, load_any_state_dict, load_model_weights, strip_reference_prefixes
+from trm_fast.model.fast import FastTRM
 from trm_fast.model.reference import TRM, TRMConfig
 
 # The names the reference project's modules produce (models/recursive_reasoning/trm.py, layers.py).
@@ -43,7 +44,9 @@ def reference_style_state_dict(config: TRMConfig, seed=0) -> dict:
         shapes[f"L_level.layers.{layer}.self_attn.o_proj.weight"] = (width, width)
         shapes[f"L_level.layers.{layer}.mlp.gate_up_proj.weight"] = (2 * inner, width)
         shapes[f"L_level.layers.{layer}.mlp.down_proj.weight"] = (width, inner)
-    return {f"_orig_mod.model.inner.{name}": torch.randn(shape, generator=generator) for name, shape in shapes.items()}
+    # std 0.1, a trained model's scale: std-1 weights make the 24 chained layers chaotic, so two correct
+    # engines would part ways on rounding alone.
+    return {f"_orig_mod.model.inner.{name}": 0.1 * torch.randn(shape, generator=generator) for name, shape in shapes.items()}
 
 
 def test_every_reference_name_exists_in_our_model():
@@ -66,10 +69,29 @@ def test_reference_checkpoint_loads_and_predicts(tmp_path):
     assert (inferred.vocab_size, inferred.hidden_size, inferred.num_layers) == (6, 64, 2)
     assert (inferred.num_puzzle_identifiers, inferred.puzzle_emb_ndim, inferred.mlp_t) == (3, 64, False)
 
-    model = TRM(TRMConfig(**{**inferred.to_dict(), "num_heads": 4}))
+    model_config = TRMConfig(**{**inferred.to_dict(), "num_heads": 4, "halt_exploration_prob": 0.0})
+    model = TRM(model_config)
     load_model_weights(model, state_dict)
     for key, value in reference.items():
         torch.testing.assert_close(model.state_dict()[key.removeprefix("_orig_mod.model.")], value)
+
+    # It predicts: one supervision step of the fast engine (what `trm-fast eval` runs) from the same file
+    # computes what the reference engine computes, and both answer with the checkpoint's weights.
+    fast = FastTRM(model_config, backend="torch")
+    load_model_weights(fast, state_dict)
+    generator = torch.Generator().manual_seed(1)
+    batch = {"inputs": torch.randint(1, 6, (2, 16), generator=generator, dtype=torch.int32),
+             "labels": torch.randint(1, 6, (2, 16), generator=generator),
+             "puzzle_identifiers": torch.tensor([0, 2], dtype=torch.int32)}
+    predictions = {}
+    for name, engine in (("reference", model), ("fast", fast), ("fresh", TRM(model_config))):
+        with torch.no_grad():
+            _, outputs = engine.eval()(engine.initial_carry(batch), batch)
+        predictions[name] = outputs
+    assert predictions["reference"]["logits"].shape == (2, 16, 6)
+    for key in ("logits", "q_halt_logits"):
+        torch.testing.assert_close(predictions["fast"][key], predictions["reference"][key], rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(predictions["fresh"]["logits"], predictions["reference"]["logits"], atol=1e-2)
 
 
 def test_mlp_t_checkpoint_infers_sequence_length():

@@ -4,12 +4,10 @@ import warnings
 import pytest
 import torch
 
-from trm_fast.ops._backend import triton_runs_on
+from tests.op_backends import runs_here
 from trm_fast.ops.add_streams import add_streams
 
-pytestmark = pytest.mark.skipif(
-    not triton_runs_on(torch.device("cpu")), reason="needs Triton's interpreter (TRITON_INTERPRET=1, no GPU)"
-)
+pytestmark = runs_here("add_streams")
 
 
 def make_inputs(shape, dtype, count, seed=0):

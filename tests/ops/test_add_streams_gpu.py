@@ -7,6 +7,7 @@ under Triton's CPU interpreter: it truncates fp32 -> bf16 instead of rounding to
 import pytest
 import torch
 
+from tests.op_backends import gpu_backends
 from trm_fast.ops.add_streams import add_streams
 
 pytestmark = pytest.mark.gpu
@@ -14,7 +15,7 @@ pytestmark = pytest.mark.gpu
 HALF_ULP = 2.0**-8
 
 
-@pytest.mark.parametrize("backend", ["torch", "triton", "cuda"])
+@pytest.mark.parametrize("backend", gpu_backends("add_streams"))
 @pytest.mark.parametrize("count", [2, 3])
 @pytest.mark.parametrize("shape", [(64, 97, 512), (1, 5, 96)])
 def test_bf16_matches_exact_sum(shape, count, backend):
@@ -22,7 +23,7 @@ def test_bf16_matches_exact_sum(shape, count, backend):
     tensors = [
         torch.randn(shape, device="cuda", generator=generator).bfloat16().requires_grad_(True) for _ in range(count)
     ]
-    out = add_streams(*tensors, backend=backend)  # "cuda" has no C++ kernel: it runs the Triton one
+    out = add_streams(*tensors, backend=backend)
     exact = sum(t.detach().double() for t in tensors)
     assert out.dtype == torch.bfloat16
     error = (out.double() - exact).abs()

@@ -9,6 +9,7 @@ rescaling) is far outside that.
 import pytest
 import torch
 
+from tests.op_backends import gpu_backends
 from trm_fast.ops.attention import attention, attention_backend_name, attention_reference
 
 pytestmark = pytest.mark.gpu
@@ -23,7 +24,7 @@ def _max_error(result, exact):
     return (result.float() - exact.float()).abs().max().item()
 
 
-@pytest.mark.parametrize("backend", ["torch", "triton", "cuda", None])
+@pytest.mark.parametrize("backend", gpu_backends("attention") + [None])
 @pytest.mark.parametrize("batch, seq_len", [(16, 97), (2, 916), (1, 37)])
 def test_bf16_within_twice_the_error_of_a_bf16_baseline(batch, seq_len, backend):
     num_heads, head_dim = 8, 64

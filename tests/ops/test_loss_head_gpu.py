@@ -9,19 +9,12 @@ import pytest
 import torch
 
 import trm_fast  # noqa: F401
-from trm_fast.ops import cuda_ext
+from tests.op_backends import gpu_backends
 from trm_fast.ops.loss_head import act_loss_head, act_loss_head_reference
 
 pytestmark = pytest.mark.gpu
 
 IGNORE = -100
-
-
-def backends():
-    names = ["torch", "triton"]
-    if cuda_ext.available():
-        names.append("cuda")
-    return names
 
 
 def make_inputs(batch, seq_len, vocab, seed=0):
@@ -35,7 +28,7 @@ def make_inputs(batch, seq_len, vocab, seed=0):
     return logits, labels, q_halt
 
 
-@pytest.mark.parametrize("backend", backends())
+@pytest.mark.parametrize("backend", gpu_backends("act_loss_head"))
 @pytest.mark.parametrize("loss_type", ["stablemax", "softmax"])
 @pytest.mark.parametrize("shape", [(64, 900, 6), (32, 900, 12), (48, 81, 11)])
 def test_bf16_matches_fp64_reference(shape, loss_type, backend):
@@ -58,7 +51,7 @@ def test_bf16_matches_fp64_reference(shape, loss_type, backend):
     torch.testing.assert_close(grads[1], ref_grads[1], rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("backend", [b for b in backends() if b != "torch"])
+@pytest.mark.parametrize("backend", [b for b in gpu_backends("act_loss_head") if b != "torch"])
 def test_compiled_fullgraph_on_gpu(backend):
     logits, labels, q_halt = make_inputs(8, 97, 11, seed=1)
 
@@ -73,7 +66,7 @@ def test_compiled_fullgraph_on_gpu(backend):
     torch.testing.assert_close(leaf.grad, ref_leaf.grad)
 
 
-@pytest.mark.parametrize("backend", [name for name in backends() if name != "torch"])
+@pytest.mark.parametrize("backend", [name for name in gpu_backends("act_loss_head") if name != "torch"])
 @pytest.mark.parametrize("loss_type", ["stablemax", "softmax"])
 def test_opcheck_with_cuda_tensors(loss_type, backend):
     """The registered ops on the GPU: the C++ kernels (backend "cuda") sit behind the same schema and fake."""

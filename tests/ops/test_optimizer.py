@@ -12,8 +12,8 @@ import triton
 import triton.language as tl
 
 import trm_fast  # noqa: F401
+from tests.op_backends import runs_here
 from trm_fast.kernels.optimizer import _atan2
-from trm_fast.ops._backend import triton_runs_on
 from trm_fast.ops.optimizer import (
     adam_atan2_ema_step_,
     adam_atan2_ema_step_reference_,
@@ -23,9 +23,7 @@ from trm_fast.ops.optimizer import (
 
 # The Triton kernels run on these CPU tensors only under Triton's interpreter (conftest switches it on
 # without a GPU); on a GPU machine they are covered by test_optimizer_gpu.py.
-needs_interpreter = pytest.mark.skipif(
-    not triton_runs_on(torch.device("cpu")), reason="needs Triton's interpreter (TRITON_INTERPRET=1, no GPU)"
-)
+needs_interpreter = runs_here("adam_atan2_ema_step_")
 HYPER = dict(beta1=0.9, beta2=0.95, weight_decay=0.1, ema_decay=0.999)
 BACKENDS = ("torch", pytest.param("triton", marks=needs_interpreter))
 

@@ -8,8 +8,8 @@ import warnings
 import pytest
 import torch
 
+from tests.op_backends import runs_here
 from trm_fast.kernels import rms_norm_residual as kernels
-from trm_fast.ops._backend import triton_runs_on
 from trm_fast.ops.rms_norm_residual import (
     rms_norm_residual,
     rms_norm_residual_inject,
@@ -17,9 +17,7 @@ from trm_fast.ops.rms_norm_residual import (
     rms_norm_residual_reference,
 )
 
-pytestmark = pytest.mark.skipif(
-    not triton_runs_on(torch.device("cpu")), reason="needs Triton's interpreter (TRITON_INTERPRET=1, no GPU)"
-)
+pytestmark = runs_here("rms_norm_residual")
 
 # fp32: both sides compute in fp32 and differ only by summation order. fp16: the result is rounded to
 # fp16 (2^-11 relative), so allow about one fp16 ulp of the largest normalised values (|x| < 5).

@@ -10,6 +10,7 @@ backend's own error: a kernel may not be less accurate than the code it replaces
 import pytest
 import torch
 
+from tests.op_backends import gpu_backends
 from trm_fast.ops.rms_norm_residual import (
     rms_norm_residual,
     rms_norm_residual_inject,
@@ -20,18 +21,6 @@ from trm_fast.ops.rms_norm_residual import (
 pytestmark = pytest.mark.gpu
 
 HALF_ULP = 2.0**-8  # worst relative rounding error of one bf16 cast
-
-
-def gpu_backends():
-    backends = ["torch", "triton"]
-    try:
-        from trm_fast.ops import cuda_ext
-
-        if cuda_ext.available():
-            backends.append("cuda")
-    except Exception:
-        pass
-    return backends
 
 
 def run(backend, tensors, num_inject, upstream):
@@ -54,7 +43,7 @@ def max_error(got, want):
     return max((g - w).abs().max().item() for g, w in zip(got, want))
 
 
-@pytest.mark.parametrize("backend", gpu_backends())
+@pytest.mark.parametrize("backend", gpu_backends("rms_norm_residual"))
 @pytest.mark.parametrize("num_inject", [0, 1, 2])
 @pytest.mark.parametrize("shape", [(64, 97, 512), (8, 916, 512), (1, 5, 96)])
 def test_bf16_matches_fp32_truth(shape, num_inject, backend):
@@ -81,7 +70,7 @@ def test_bf16_matches_fp32_truth(shape, num_inject, backend):
     assert grad_error <= 2 * max_error(torch_grads, truth_grads) + HALF_ULP * grad_scale
 
 
-@pytest.mark.parametrize("backend", [name for name in gpu_backends() if name != "torch"])
+@pytest.mark.parametrize("backend", [name for name in gpu_backends("rms_norm_residual") if name != "torch"])
 @pytest.mark.parametrize("num_inject", [0, 2])
 def test_opcheck_with_cuda_tensors(num_inject, backend):
     """The registered ops on the GPU: the C++ kernels (backend "cuda") sit behind the same schema and fake."""

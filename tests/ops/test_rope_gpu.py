@@ -7,6 +7,7 @@ value across a rounding boundary). The backward is the same linear map transpose
 import pytest
 import torch
 
+from tests.op_backends import gpu_backends
 from trm_fast.ops.rope import rope_qkv, rope_qkv_reference, rope_tables
 
 pytestmark = pytest.mark.gpu
@@ -14,7 +15,7 @@ pytestmark = pytest.mark.gpu
 ULP = 2.0**-7
 
 
-@pytest.mark.parametrize("backend", ["torch", "triton", "cuda", None])
+@pytest.mark.parametrize("backend", gpu_backends("rope_qkv") + [None])
 @pytest.mark.parametrize("batch, seq_len", [(64, 97), (2, 916), (1, 5)])
 def test_bf16_matches_fp32_rotation(batch, seq_len, backend):
     num_heads, head_dim = 8, 64

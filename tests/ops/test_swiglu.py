@@ -5,13 +5,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.op_backends import runs_here
 from trm_fast.kernels import swiglu as kernels
-from trm_fast.ops._backend import triton_runs_on
 from trm_fast.ops.swiglu import swiglu, swiglu_reference
 
-pytestmark = pytest.mark.skipif(
-    not triton_runs_on(torch.device("cpu")), reason="needs Triton's interpreter (TRITON_INTERPRET=1, no GPU)"
-)
+pytestmark = runs_here("swiglu")
 
 FP32 = dict(atol=1e-5, rtol=1e-5)  # same fp32 math, different sigmoid/exp implementations
 FP16 = dict(atol=2e-3, rtol=2e-3)  # one fp16 rounding of results of magnitude < ~4 (+ reference's extra rounding)

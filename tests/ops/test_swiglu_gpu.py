@@ -8,6 +8,7 @@ more than 2x (+ 2^-8 of scale) the torch bf16 backend's own error.
 import pytest
 import torch
 
+from tests.op_backends import gpu_backends
 from trm_fast.ops.swiglu import swiglu, swiglu_reference
 
 pytestmark = pytest.mark.gpu
@@ -28,7 +29,7 @@ def check(got, truth, torch_error):
     assert error.max().item() <= 2 * torch_error + HALF_ULP * scale
 
 
-@pytest.mark.parametrize("backend", ["torch", "triton", "cuda"])
+@pytest.mark.parametrize("backend", gpu_backends("swiglu"))
 @pytest.mark.parametrize("shape,dim", [((64, 97, 3072), -1), ((64, 1024, 512), -2), ((2, 6, 97), -2), ((3, 192), -1)])
 def test_bf16_matches_fp32_truth(shape, dim, backend):
     generator = torch.Generator(device="cuda").manual_seed(0)

@@ -4,13 +4,11 @@ import warnings
 import pytest
 import torch
 
+from tests.op_backends import runs_here
 from trm_fast.kernels import token_rms_norm as kernels
-from trm_fast.ops._backend import triton_runs_on
 from trm_fast.ops.token_rms_norm import token_rms_norm_residual, token_rms_norm_residual_reference
 
-pytestmark = pytest.mark.skipif(
-    not triton_runs_on(torch.device("cpu")), reason="needs Triton's interpreter (TRITON_INTERPRET=1, no GPU)"
-)
+pytestmark = runs_here("token_rms_norm_residual")
 
 FP32 = dict(atol=2e-5, rtol=1e-5)
 FP32_GRAD = dict(atol=5e-5, rtol=1e-4)

@@ -7,6 +7,7 @@ largest gradient; and no more than 2x (+ 2^-8 of scale) the torch bf16 backend's
 import pytest
 import torch
 
+from tests.op_backends import gpu_backends
 from trm_fast.ops.token_rms_norm import token_rms_norm_residual, token_rms_norm_residual_reference
 
 pytestmark = pytest.mark.gpu
@@ -23,7 +24,7 @@ def run(backend, residual, delta, upstream):
     return out.float(), [g.float() for g in grads]
 
 
-@pytest.mark.parametrize("backend", ["torch", "triton", "cuda"])
+@pytest.mark.parametrize("backend", gpu_backends("token_rms_norm_residual"))
 @pytest.mark.parametrize("shape", [(64, 97, 512), (8, 916, 512), (2, 4096, 64), (1, 5, 96)])
 def test_bf16_matches_fp32_truth(shape, backend):
     generator = torch.Generator(device="cuda").manual_seed(0)

@@ -3,12 +3,12 @@
 Every op takes a trailing `backend=` ("torch" | "triton" | "cuda" | None for automatic; the
 TRM_FAST_BACKEND environment variable sets the default), has a plain-PyTorch `*_reference`
 twin, and is registered with torch.library (fake + autograd) so torch.compile traces it whole.
+The op list is `OPS` (trm_fast.ops.registry): dispatch, the CUDA extension, the AOT table, the
+benchmarks and the tests read it.
 """
 from __future__ import annotations
 
-import torch
-
-from trm_fast.ops._backend import BACKENDS, BackendUnavailable, resolve
+from trm_fast.ops._backend import BACKENDS, BackendUnavailable
 from trm_fast.ops.add_streams import add_streams
 from trm_fast.ops.attention import attention, attention_backend_name
 from trm_fast.ops.fused_linear import fused_inject_linear, fused_inject_qkv_rope, fused_linear_available
@@ -17,24 +17,13 @@ from trm_fast.ops.optimizer import adam_atan2_ema_step_, sign_sgd_rows_
 from trm_fast.ops.rms_norm_residual import rms_norm_residual, rms_norm_residual_inject
 from trm_fast.ops.rope import rope_qkv
 from trm_fast.ops.swiglu import swiglu
+from trm_fast.ops.registry import OPS, resolve_backend_name
 from trm_fast.ops.token_rms_norm import token_rms_norm_residual
-
-# Ops with a CUDA C++ kernel in csrc/; the others fall back to Triton on backend "cuda".
-_CUDA_KERNEL_OPS = {"rms_norm_residual", "act_loss_head"}
-_TENSOR_OPS = ("add_streams", "rms_norm_residual", "rope_qkv", "swiglu", "token_rms_norm_residual", "act_loss_head", "adam_atan2_ema_step_")
-
-
-def resolve_backend_name(device: torch.device | str, backend: str | None = None) -> dict[str, str]:
-    """The implementation each op runs with on `device`: what start-up logs and benchmarks report."""
-    device = torch.device(device)
-    report = {op: resolve(device, backend, has_cuda_kernel=op in _CUDA_KERNEL_OPS) for op in _TENSOR_OPS}
-    report["attention"] = attention_backend_name(device, backend)
-    return report
-
 
 __all__ = [
     "BACKENDS",
     "BackendUnavailable",
+    "OPS",
     "act_loss_head",
     "adam_atan2_ema_step_",
     "add_streams",

@@ -10,7 +10,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from trm_fast.ops._backend import resolve
+from trm_fast.ops.registry import resolve_op
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -67,7 +67,7 @@ def _validate(a: Tensor, b: Tensor, c: Optional[Tensor]) -> None:
 def add_streams(a: Tensor, b: Tensor, c: Optional[Tensor] = None, backend: str | None = None) -> Tensor:
     """a + b (+ c): same shape, dtype and device; fp32 accumulation."""
     _validate(a, b, c)
-    chosen = resolve(a.device, backend, has_cuda_kernel=False)
+    chosen = resolve_op("add_streams", a.device, backend)
     if chosen == "torch":
         return add_streams_reference(a, b, c)
     for label, tensor in (("a", a), ("b", b), ("c", c)):

@@ -23,6 +23,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from trm_fast.errors import first_line
+
 INSTALLED_MODULE = "trm_fast._cuda"
 JIT_MODULE = "trm_fast_cuda_jit"
 DISABLE_ENV = "TRM_FAST_CUDA_EXT"
@@ -148,7 +150,7 @@ def _module() -> Optional[ModuleType]:
     try:
         return _jit_load()
     except Exception as error:  # no toolchain, compile error, ...: fall back to the other backends
-        warnings.warn(f"trm_fast CUDA extension unavailable: {str(error).splitlines()[0]}", RuntimeWarning, stacklevel=2)
+        warnings.warn(f"trm_fast CUDA extension unavailable: {first_line(error)}", RuntimeWarning, stacklevel=2)
         return None
 
 
@@ -173,51 +175,14 @@ def _extension() -> ModuleType:
     return module
 
 
-# ----------------------------------------------------------------------------- op wrappers
-# The public ops (trm_fast.ops.rms_norm_residual, trm_fast.ops.loss_head) validate their inputs; these
-# wrappers pass tensors through. The only check here keeps a direct call with CPU tensors from
-# loading (or building) the extension before the C++ side would refuse them anyway.
-def _require_cuda(name: str, tensor: Tensor) -> None:
-    if not (isinstance(tensor, Tensor) and tensor.device.type == "cuda"):
-        where = tensor.device if isinstance(tensor, Tensor) else type(tensor).__name__
-        raise ValueError(f"{name} must be a CUDA tensor for the CUDA extension, got {where}")
+# ----------------------------------------------------------------------------- calling it
+def run(function: str, *args):
+    """The extension's `function` (csrc/<op>_bindings.cpp) on `args`, tensors made contiguous.
 
-
-def rms_norm_residual_fwd(
-    residual: Tensor, delta: Tensor, inject_a: Optional[Tensor], inject_b: Optional[Tensor], eps: float
-) -> tuple[Tensor, Tensor, Tensor]:
-    """(out, next_input or an empty tensor, rstd fp32 [rows]); rows = numel / hidden."""
-    _require_cuda("residual", residual)
-    contiguous = [t.contiguous() if t is not None else None for t in (residual, delta, inject_a, inject_b)]
-    return tuple(_extension().rms_norm_residual_fwd(*contiguous, float(eps)))
-
-
-def rms_norm_residual_bwd(grad_out: Tensor, grad_next: Optional[Tensor], out: Tensor, rstd: Tensor) -> Tensor:
-    """grad_s = rstd * (g - out * mean(g * out)), g = grad_out (+ grad_next)."""
-    _require_cuda("out", out)
-    if grad_next is not None:
-        grad_next = grad_next.contiguous()
-    return _extension().rms_norm_residual_bwd(grad_out.contiguous(), grad_next, out.contiguous(), rstd.contiguous())
-
-
-def loss_head_fwd(
-    logits: Tensor, labels: Tensor, q_halt_logits: Tensor, ignore_index: int, stablemax: bool
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """(lm_loss, q_halt_loss, token_accuracy, seq_correct, token_count), as trm_fast.ops.loss_head."""
-    _require_cuda("logits", logits)
-    return tuple(
-        _extension().loss_head_fwd(
-            logits.contiguous(), labels.contiguous(), q_halt_logits.contiguous(), int(ignore_index), bool(stablemax)
-        )
-    )
-
-
-def loss_head_bwd(
-    logits: Tensor, labels: Tensor, token_count: Tensor, grad_lm_loss: Tensor, ignore_index: int, stablemax: bool
-) -> Tensor:
-    """grad_logits of sum_b grad_lm_loss[b] * lm_loss[b]."""
-    _require_cuda("logits", logits)
-    return _extension().loss_head_bwd(
-        logits.contiguous(), labels.contiguous(), token_count.contiguous(), grad_lm_loss.float().contiguous(),
-        int(ignore_index), bool(stablemax),
-    )
+    The public ops validate their inputs and call this; the only check here keeps a direct call with
+    CPU tensors from loading (or building) the extension before the C++ side would refuse them anyway.
+    """
+    first = next(arg for arg in args if isinstance(arg, Tensor))
+    if first.device.type != "cuda":
+        raise ValueError(f"{function}: the CUDA extension needs CUDA tensors, got {first.device} tensors")
+    return getattr(_extension(), function)(*(arg.contiguous() if isinstance(arg, Tensor) else arg for arg in args))

@@ -19,7 +19,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from trm_fast.ops._backend import resolve, triton_runs_on
+from trm_fast.ops._backend import triton_runs_on
+from trm_fast.ops.registry import resolve_op
 from trm_fast.ops.rope import rope_qkv_backward, rope_qkv_reference
 
 _SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -128,7 +129,7 @@ def fused_inject_linear(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(hidden, hidden @ weight.T) with hidden = state + inject_a (+ inject_b); state [..., K], weight [N, K]."""
     _validate("fused_inject_linear", state, inject_a, inject_b, weight)
-    chosen = resolve(state.device, backend, has_cuda_kernel=False)
+    chosen = resolve_op("fused_inject_qkv_rope", state.device, backend)
     if chosen == "torch":
         return fused_inject_linear_reference(state, inject_a, inject_b, weight)
     return _fused_inject_linear_op(state, inject_a, inject_b, weight, chosen)
@@ -208,7 +209,7 @@ def fused_inject_qkv_rope(
             raise TypeError(f"{name}: {label} must be float32, got {table.dtype}")
         if tuple(table.shape) != (state.shape[1], head_dim) or table.device != state.device:
             raise ValueError(f"{name}: {label} must be [S, hd] = {(state.shape[1], head_dim)} on {state.device}")
-    chosen = resolve(state.device, backend, has_cuda_kernel=False)
+    chosen = resolve_op("fused_inject_qkv_rope", state.device, backend)
     if chosen == "torch":
         return fused_inject_qkv_rope_reference(state, inject_a, inject_b, w_qkv, cos, sin, num_heads)
     from trm_fast.kernels.fused_linear import SUPPORTED_HEAD_DIMS

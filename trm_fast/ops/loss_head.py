@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from trm_fast.ops._backend import resolve
+from trm_fast.ops.registry import resolve_op
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 LABEL_DTYPES = (torch.int32, torch.int64)
@@ -85,7 +85,7 @@ def _forward_op(
     if backend == "cuda":
         from trm_fast.ops import cuda_ext
 
-        return tuple(cuda_ext.loss_head_fwd(logits, labels, q_halt_logits, ignore_index, stablemax))
+        return tuple(cuda_ext.run("loss_head_fwd", logits, labels, q_halt_logits, ignore_index, stablemax))
     if backend != "triton":
         raise ValueError(f"trm_fast::act_loss_head_fwd: backend must be 'triton' or 'cuda', got {backend!r}")
     from trm_fast.kernels.loss_head import act_loss_head_fwd
@@ -113,7 +113,8 @@ def _backward_op(
     if backend == "cuda":
         from trm_fast.ops import cuda_ext
 
-        return cuda_ext.loss_head_bwd(logits, labels, token_count, grad_lm_loss, ignore_index, stablemax)
+        return cuda_ext.run("loss_head_bwd", logits, labels, token_count, grad_lm_loss.float(), ignore_index,
+                            stablemax)
     if backend != "triton":
         raise ValueError(f"trm_fast::act_loss_head_bwd: backend must be 'triton' or 'cuda', got {backend!r}")
     from trm_fast.kernels.loss_head import act_loss_head_bwd
@@ -186,7 +187,7 @@ def act_loss_head(
 ) -> dict[str, Tensor]:
     """Fused LM loss + metrics + Q-halt loss; see the module docstring. Returns a dict of [B] tensors."""
     _validate(logits, labels, q_halt_logits, loss_type)
-    chosen = resolve(logits.device, backend, has_cuda_kernel=True)
+    chosen = resolve_op("act_loss_head", logits.device, backend)
     if chosen == "torch":
         return act_loss_head_reference(logits, labels, q_halt_logits, ignore_index, loss_type)
     if chosen == "triton":

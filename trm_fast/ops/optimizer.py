@@ -20,7 +20,7 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from trm_fast.ops._backend import resolve
+from trm_fast.ops.registry import resolve_op
 
 Scalar = Union[float, int, Tensor]
 
@@ -169,7 +169,7 @@ def adam_atan2_ema_step_(
     device = _validate_lists(name, lists)
     step_tensor, step_value = _split_scalar("step", step, device)
     lr_tensor, lr_value = _split_scalar("lr", lr, device)
-    chosen = resolve(device, backend, has_cuda_kernel=False)
+    chosen = resolve_op("adam_atan2_ema_step_", device, backend)
     if chosen == "torch":
         adam_atan2_ema_step_reference_(
             params, grads, exp_avgs, exp_avg_sqs, ema_list, step=step, lr=lr, beta1=beta1, beta2=beta2,
@@ -206,7 +206,7 @@ def sign_sgd_rows_(
     if row_ids.device != table.device or row_grads.device != table.device:
         raise ValueError(f"{name}: table, row_ids and row_grads must be on the same device")
     lr_tensor, lr_value = _split_scalar("lr", lr, table.device)
-    chosen = resolve(table.device, backend, has_cuda_kernel=False)
+    chosen = resolve_op("sign_sgd_rows_", table.device, backend)
     if chosen == "torch":
         sign_sgd_rows_reference_(table, row_ids, row_grads, lr, weight_decay)
         return

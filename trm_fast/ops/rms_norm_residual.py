@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from trm_fast.ops._backend import resolve
+from trm_fast.ops.registry import resolve_op
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -49,7 +49,7 @@ def _forward_op(
     if backend == "cuda":
         from trm_fast.ops import cuda_ext
 
-        out, next_input, rstd = cuda_ext.rms_norm_residual_fwd(residual, delta, inject_a, inject_b, eps)
+        out, next_input, rstd = cuda_ext.run("rms_norm_residual_fwd", residual, delta, inject_a, inject_b, eps)
         return out, next_input, rstd.reshape(-1)
     if backend != "triton":
         raise ValueError(f"trm_fast::rms_norm_residual_fwd: backend must be 'triton' or 'cuda', got {backend!r}")
@@ -74,7 +74,7 @@ def _backward_op(grad_out: Tensor, grad_next: Optional[Tensor], out: Tensor, rst
     if backend == "cuda":
         from trm_fast.ops import cuda_ext
 
-        return cuda_ext.rms_norm_residual_bwd(grad_out, grad_next, out, rstd)
+        return cuda_ext.run("rms_norm_residual_bwd", grad_out, grad_next, out, rstd)
     if backend != "triton":
         raise ValueError(f"trm_fast::rms_norm_residual_bwd: backend must be 'triton' or 'cuda', got {backend!r}")
     from trm_fast.kernels.rms_norm_residual import rms_norm_residual_bwd
@@ -146,7 +146,7 @@ def rms_norm_residual(residual: Tensor, delta: Tensor, eps: float = 1e-5, backen
     """rms(residual + delta) over the last dim, weightless, statistics in fp32, result in the input dtype."""
     inputs = {"residual": residual, "delta": delta}
     _validate("rms_norm_residual", residual, inputs)
-    chosen = resolve(residual.device, backend, has_cuda_kernel=True)
+    chosen = resolve_op("rms_norm_residual", residual.device, backend)
     if chosen == "torch":
         return rms_norm_residual_reference(residual, delta, eps)
     _check_kernel_inputs("rms_norm_residual", inputs, residual.shape[-1], chosen)
@@ -167,7 +167,7 @@ def rms_norm_residual_inject(
     if inject_a is None:
         raise ValueError("rms_norm_residual_inject: inject_a is required (use rms_norm_residual without injection)")
     _validate("rms_norm_residual_inject", residual, inputs)
-    chosen = resolve(residual.device, backend, has_cuda_kernel=True)
+    chosen = resolve_op("rms_norm_residual", residual.device, backend)
     if chosen == "torch":
         return rms_norm_residual_inject_reference(residual, delta, inject_a, inject_b, eps)
     _check_kernel_inputs("rms_norm_residual_inject", inputs, residual.shape[-1], chosen)

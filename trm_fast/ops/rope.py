@@ -11,7 +11,7 @@ from typing import Optional
 
 import torch
 
-from trm_fast.ops._backend import resolve
+from trm_fast.ops.registry import resolve_op
 
 _SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -133,7 +133,7 @@ def rope_qkv(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(q, k, v), each contiguous [B, H, S, hd], from the fused projection qkv [B, S, 3*H*hd]."""
     _validate(qkv, cos, sin, num_heads)
-    chosen = resolve(qkv.device, backend, has_cuda_kernel=False)
+    chosen = resolve_op("rope_qkv", qkv.device, backend)
     if chosen == "torch":
         return rope_qkv_reference(qkv, cos, sin, num_heads)
     return _rope_qkv_op(qkv, cos, sin, num_heads, chosen)

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from trm_fast.ops._backend import resolve
+from trm_fast.ops.registry import resolve_op
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -78,7 +78,7 @@ def swiglu(gate_up: Tensor, dim: int = -1, backend: str | None = None) -> Tensor
     dim = dim - gate_up.dim() if dim >= 0 else dim  # canonical negative form
     if gate_up.shape[dim] % 2:
         raise ValueError(f"swiglu: size {gate_up.shape[dim]} of dim {dim} must be even (gate and up halves)")
-    chosen = resolve(gate_up.device, backend, has_cuda_kernel=False)
+    chosen = resolve_op("swiglu", gate_up.device, backend)
     if chosen == "torch":
         return swiglu_reference(gate_up, dim)
     if not gate_up.is_contiguous():

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from trm_fast.ops._backend import resolve
+from trm_fast.ops.registry import resolve_op
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -87,7 +87,7 @@ def token_rms_norm_residual(residual: Tensor, delta: Tensor, eps: float = 1e-5, 
         raise ValueError(f"{name}: delta has shape {tuple(delta.shape)}, residual has {tuple(residual.shape)}")
     if delta.device != residual.device:
         raise ValueError(f"{name}: delta is on {delta.device}, residual on {residual.device}")
-    chosen = resolve(residual.device, backend, has_cuda_kernel=False)
+    chosen = resolve_op("token_rms_norm_residual", residual.device, backend)
     if chosen == "torch":
         return token_rms_norm_residual_reference(residual, delta, eps)
     if not (residual.is_contiguous() and delta.is_contiguous()):

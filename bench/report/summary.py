@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Optional
 
-from bench._report_plan import PARTS, build_plan, estimate_by_part, process_count
+from bench.report.plan import PARTS, build_plan, estimate_by_part, process_count
 
 GIB = 1024**3
 BAD_STATUSES = ("failed", "timeout", "crashed")

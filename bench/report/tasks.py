@@ -1,4 +1,4 @@
-"""The measurements of `python -m bench.report`; each runs inside a worker process (bench._report_worker).
+"""The measurements of `python -m bench.report`; each runs inside a worker process (bench.report.worker).
 
 Every function takes (ctx, args) and hands its results to `ctx.emit(record)` as soon as each is
 measured (the parent writes them to results.jsonl at once). `Unavailable` means "cannot run here"
@@ -20,6 +20,9 @@ import time
 from typing import Callable, Optional
 
 import torch
+
+from bench.timing import device_seconds, seconds_each_call
+from trm_fast.errors import first_line
 
 TASKS: dict[str, Callable] = {}
 GIB = 1024**3
@@ -43,7 +46,7 @@ class Context:
 
     @functools.cached_property
     def profile(self):
-        from bench.conftest import make_profile
+        from bench.profiles import make_profile
 
         return make_profile("gpu" if self.on_gpu and not self.tiny else "tiny")
 
@@ -88,36 +91,7 @@ def engine_spec(name: str):
     return ENGINE_SPECS[name], ()
 
 
-# ----------------------------------------------------------------------------- timing
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def device_seconds(fn: Callable[[], object], device: torch.device, warmup: int, rounds: int, inner: int = 1) -> list[float]:
-    """Seconds per call of `fn`: `rounds` medians-to-be, each over `inner` back-to-back calls (CUDA
-    events on a GPU, so no host sync sits between the calls), after `warmup` calls."""
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    seconds = []
-    for _ in range(rounds):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(inner):
-                fn()
-            end.record()
-            end.synchronize()
-            seconds.append(start.elapsed_time(end) / 1e3 / inner)
-        else:
-            begin = time.perf_counter()
-            for _ in range(inner):
-                fn()
-            seconds.append((time.perf_counter() - begin) / inner)
-    return seconds
-
-
+# ----------------------------------------------------------------------------- memory
 def reset_peaks(device: torch.device) -> None:
     from bench._engines import reset_peak_memory  # imported late: the worker sets the environment first
 
@@ -177,14 +151,14 @@ def environment(ctx: Context, args: dict) -> None:
         try:
             info["op_backends"][requested] = resolve_backend_name(device, None if requested == "auto" else requested)
         except Exception as error:  # a backend that cannot run here says why
-            info["op_backends"][requested] = f"unavailable: {str(error).splitlines()[0]}"
+            info["op_backends"][requested] = f"unavailable: {first_line(error)}"
     micro = {}
     for name in ("maze_att", "sudoku_mlp", "sudoku_att"):
         case = bench_case(name, ctx.tiny)
         try:
             micro[name] = {"global_batch": case.batch_size, "micro_batch": case.micro_batch_size(device)}
         except Exception as error:
-            micro[name] = {"global_batch": case.batch_size, "error": str(error).splitlines()[0]}
+            micro[name] = {"global_batch": case.batch_size, "error": first_line(error)}
     info["trainer_micro_batch"] = micro
     ctx.emit(info)
 
@@ -437,18 +411,10 @@ def compare_op(case, backend: str, device, seed: int = 1) -> dict:
             "shapes": [list(t.shape) for t in inputs if isinstance(t, torch.Tensor)]}
 
 
-def _fused_op_problem(ctx: Context, op: str, backend: str) -> Optional[str]:
-    from trm_fast.ops import fused_linear_available
-    from trm_fast.ops._backend import cuda_extension_available, triton_runs_on
+def _fused_op_problem(ctx: Context, bench_case: str, backend: str) -> Optional[str]:
+    from trm_fast.ops.registry import op_of_bench_case, unavailable_reason
 
-    if backend == "cuda":
-        if not ctx.on_gpu or not cuda_extension_available():
-            return "the CUDA extension is not available"
-    elif not triton_runs_on(ctx.device):
-        return "Triton cannot run here"
-    if op == "fused_inject_qkv_rope" and not fused_linear_available(ctx.device):
-        return "the fused linear kernels need sm_80+ or the interpreter"
-    return None
+    return unavailable_reason(op_of_bench_case(bench_case).name, backend, ctx.device)
 
 
 @task
@@ -499,12 +465,7 @@ def _measure_train(ctx: Context, case, name: str, spec) -> dict:
     engine = TrainEngine(spec, case, ctx.device, warmup_steps=1, compile_backend=ctx.profile.compile_backend)
     build_s = time.perf_counter() - begin
     try:
-        calls = []
-        metrics = None
-        for _ in range(warmup + rounds):
-            begin = time.perf_counter()
-            metrics = engine.step()
-            calls.append(time.perf_counter() - begin)
+        calls, metrics = seconds_each_call(engine.step, ctx.device, warmup + rounds)
         if not bool(metrics.isfinite().all()):
             raise RuntimeError(f"{name}: non-finite metrics {metrics.tolist()} (the timing measured a broken step)")
         seconds = calls[warmup:] or calls[-1:]
@@ -565,11 +526,7 @@ def eval_step(ctx: Context, args: dict) -> None:
     reset_peaks(ctx.device)
     engine = EvalEngine(spec, case, ctx.device, compile_backend=ctx.profile.compile_backend)
     try:
-        calls = []
-        for _ in range(warmup + rounds):
-            begin = time.perf_counter()
-            metrics = engine.step()
-            calls.append(time.perf_counter() - begin)
+        calls, metrics = seconds_each_call(engine.step, ctx.device, warmup + rounds)
         if not math.isfinite(metrics["lm_loss"]):
             raise RuntimeError(f"{args['engine']}: non-finite evaluation loss")
     finally:
@@ -700,10 +657,7 @@ def op_bandwidth(ctx: Context, args: dict) -> None:
             continue
         inputs = case.inputs()
         call = _op_call(fn, inputs, pass_name == "fwdbwd")
-        begin = time.perf_counter()
-        call()
-        sync(ctx.device)
-        first_s = time.perf_counter() - begin
+        (first_s,) = device_seconds(call, ctx.device)  # the first call: JIT compiles, autotuning
         # Back-to-back calls amortise launch gaps for the small ops; a slow one (the fp32 attention
         # reference materialises its S x S scores) is timed three times, once each.
         schedule = ((3, 5, 10) if first_s < 0.02 else (1, 3, 1)) if big else (0, 1, 1)

@@ -1,7 +1,7 @@
 """What `python -m bench.report` runs, in order of value, with each task's time on an H200.
 
 A task is one result (or one small group of results) measured by one function of
-`bench._report_tasks` inside a worker process (`bench._report_worker`), or by a command (the CUDA
+`bench.report.tasks` inside a worker process (`bench.report.worker`), or by a command (the CUDA
 extension build, the GPU unit tests). Consecutive tasks with the same `process` key share one worker
 process; a failed task ends its worker, so the next task starts in a fresh one (a CUDA error poisons
 the process it happened in, never the next task). Risky code (our attention and fused linear kernels,
@@ -36,11 +36,6 @@ GPU_TESTS_TASK = "gpu_tests"
 CORRECTNESS = (("maze_att", "torch"), ("sudoku_mlp", "torch"), ("maze_att", "triton"), ("sudoku_mlp", "triton"),
                ("maze_att", "triton_fused_linear"), ("maze_att", "cuda"), ("sudoku_mlp", "cuda"))
 # (the op-level checks of a backend follow its model-level ones, in the same worker process)
-# Fused ops with a kernel of ours (bench.bench_ops.op_cases names); "copy" is the yardstick only.
-FUSED_OPS = ("rms_norm_residual", "rms_norm_residual_inject", "add_streams", "rope_qkv", "swiglu", "swiglu_tokens",
-             "token_rms_norm_residual", "act_loss_head", "attention", "fused_inject_qkv_rope", "adam_atan2_ema_step_",
-             "sign_sgd_rows_")
-CUDA_KERNEL_OPS = ("rms_norm_residual", "rms_norm_residual_inject", "act_loss_head")
 # Plain ops also compiled with inductor (each costs ~13 s of compiles: the main memory-bound op only).
 COMPILED_OPS = ("rms_norm_residual_inject",)
 # Whole-step engines per case, most informative first; the compiled reference (a 1-2 min inductor
@@ -55,7 +50,7 @@ EVAL_ENGINES = ("reference", "fast_torch", "fast_triton", "fast_cuda")
 class Task:
     id: str
     part: int
-    fn: Optional[str]  # worker function (bench._report_tasks.TASKS); None for a command task
+    fn: Optional[str]  # worker function (bench.report.tasks.TASKS); None for a command task
     args: dict = field(default_factory=dict)
     process: str = ""  # consecutive tasks with the same key share a worker process
     gpu_s: float = 10.0  # estimated wall seconds on an H200 (the budget check)
@@ -107,6 +102,11 @@ def _step_tasks(case: str, part: int, engines, maze: bool, attention: Optional[b
 
 def build_plan(tiny: bool = False) -> list[Task]:
     """Every task of the report, in the order they are started."""
+    from trm_fast.ops.registry import bench_case_names
+
+    # The op benchmarks of trm_fast.ops.registry (bench.bench_ops adds "copy", the yardstick only), and
+    # those of ops with a CUDA C++ kernel.
+    fused_ops, cuda_kernel_ops = bench_case_names(), bench_case_names(cuda_only=True)
     tasks = [
         Task("env", 1, "environment", process="env", gpu_s=3, cpu_s=1.5, limit_s=90),
         # nvcc on all cores beside the correctness part (it needs no GPU); the CUDA-backend tasks wait for it.
@@ -128,7 +128,7 @@ def build_plan(tiny: bool = False) -> list[Task]:
         ))
         if backend in ("triton", "cuda") and case == "sudoku_mlp":
             # Each fused op of that backend, forward and backward, in the same process (kernels JIT-cached).
-            ops = FUSED_OPS if backend == "triton" else CUDA_KERNEL_OPS
+            ops = fused_ops if backend == "triton" else cuda_kernel_ops
             tasks += [Task(f"op_correctness/{op}/{backend}", 2, "op_correctness", {"op": op, "backend": backend},
                            process=f"correct-{backend}", gpu_s=2, cpu_s=0.5, needs_gpu=backend == "cuda",
                            after=(BUILD_TASK,) if backend == "cuda" else (), needs_build=backend == "cuda")
@@ -147,14 +147,14 @@ def build_plan(tiny: bool = False) -> list[Task]:
         ))
 
     # Per-op bandwidth: the copy (yardstick) and plain ops first, then ours, then compiled plain ops.
-    ops = ("copy",) + FUSED_OPS
+    ops = ("copy",) + fused_ops
     tasks += [Task(f"ops/{op}/plain", 6, "op_bandwidth", {"op": op, "variant": "plain"}, process="ops-plain",
                    gpu_s=0.7, cpu_s=0.3, limit_s=90, timing=True) for op in ops]
     tasks += [Task(f"ops/{op}/fused_triton", 6, "op_bandwidth", {"op": op, "variant": "fused_triton"},
-                   process="ops-bw-triton", gpu_s=1, cpu_s=0.5, limit_s=90, timing=True) for op in FUSED_OPS]
+                   process="ops-bw-triton", gpu_s=1, cpu_s=0.5, limit_s=90, timing=True) for op in fused_ops]
     tasks += [Task(f"ops/{op}/fused_cuda", 6, "op_bandwidth", {"op": op, "variant": "fused_cuda"}, process="ops-bw-cuda",
                    gpu_s=1, cpu_s=0.5, limit_s=90, needs_gpu=True, after=(BUILD_TASK,), needs_build=True, timing=True)
-              for op in CUDA_KERNEL_OPS]
+              for op in cuda_kernel_ops]
     tasks += [Task(f"ops/{op}/plain_compiled", 6, "op_bandwidth", {"op": op, "variant": "plain_compiled"},
                    process="ops-compiled", gpu_s=13, cpu_s=3, limit_s=120, timing=True, in_tiny=op == COMPILED_OPS[0])
               for op in COMPILED_OPS]

@@ -78,7 +78,7 @@ def _exit_with_parent() -> None:
 
 def main() -> int:
     _exit_with_parent()
-    from bench._report_tasks import TASKS, Context, Unavailable
+    from bench.report.tasks import TASKS, Context, Unavailable
 
     tiny = os.environ.get("TRM_REPORT_TINY") == "1"
     current = {"task": None}

@@ -10,8 +10,8 @@ DIR/results.jsonl, the environment first, so a run killed at any moment keeps ev
 result; the markdown table (DIR/<device>-<date>.md and DIR/LATEST.md) is written at the end, and
 `--summarise` rebuilds it from the lines. All output of the worker processes goes to DIR/log.txt.
 
-The tasks (bench/_report_plan.py, most valuable first) run in worker processes
-(bench/_report_worker.py) with time limits: a crash, a CUDA error or a timeout is one recorded line
+The tasks (bench/report/plan.py, most valuable first) run in worker processes
+(bench/report/worker.py) with time limits: a crash, a CUDA error or a timeout is one recorded line
 with the last lines of output, and the report goes on with a fresh process. A task that does not
 fit the budget left is recorded as skipped for budget. The CUDA extension build and the GPU unit
 tests (pytest-xdist, per-test timeout) run beside the correctness part; every timing waits until no
@@ -38,11 +38,7 @@ import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 from typing import Optional
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:  # `python bench/report.py` as well as `python -m bench.report`
-    sys.path.insert(0, str(REPO_ROOT))
-
-from bench._report_plan import (  # noqa: E402
+from bench.report.plan import (
     BUILD_TASK,
     GPU_TESTS_TASK,
     PARTS,
@@ -51,7 +47,7 @@ from bench._report_plan import (  # noqa: E402
     estimate_by_part,
     process_count,
 )
-from bench._report_summary import (  # noqa: E402,F401  (re-exported: bench/conftest.py and the tests use them)
+from bench.report.summary import (  # noqa: F401  (re-exported: the tests use them)
     add_ratios,
     check_targets,
     derive_ratios,
@@ -59,7 +55,9 @@ from bench._report_summary import (  # noqa: E402,F401  (re-exported: bench/conf
     load_results,
     markdown,
 )
-from bench._report_worker import MARKER  # noqa: E402
+from bench.report.worker import MARKER
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 RESULTS_NAME = "results.jsonl"
 LOG_NAME = "log.txt"
@@ -518,7 +516,7 @@ class Runner:
             self.close_worker()
         started_worker = self.worker is None
         if started_worker:
-            argv = [sys.executable, "-m", "bench._report_worker"]
+            argv = [sys.executable, "-m", "bench.report.worker"]
             self.worker = Proc(self.output, argv, self.env(), task.process or task.id, worker=True)
             self.output.log_line("report", f"worker {self.worker.popen.pid} started for {task.process} ({task.id})")
             self.all_procs.append(self.worker)
@@ -722,6 +720,3 @@ def main(argv: Optional[list[str]] = None) -> int:
     bad = [task for task, status in runner.status.items() if status in ("failed", "timeout", "crashed")]
     return 1 if bad or interrupted else 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())
