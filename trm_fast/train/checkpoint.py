@@ -21,9 +21,10 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from trm_fast.model.compat import CheckpointError  # one error type for every checkpoint problem
+from trm_fast.errors import CheckpointError
+from trm_fast.model.compat import CHECKPOINT_FORMAT as FORMAT
+from trm_fast.model.compat import read_checkpoint_file
 
-FORMAT = "trm-fast"
 VERSION = 1
 _NAME = re.compile(r"^step_(\d+)\.pt$")
 
@@ -91,13 +92,7 @@ def prune_checkpoints(run_dir: str | os.PathLike, keep: int) -> None:
 def load_checkpoint(path: str | os.PathLike) -> dict:
     """Our own training checkpoint (everything needed to resume)."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint file not found")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # truncated/corrupt files raise many different types
-        first_line = (str(error).splitlines() or [""])[0][:160]
-        raise CheckpointError(f"{path}: cannot read checkpoint ({type(error).__name__}: {first_line})") from None
+    payload = read_checkpoint_file(path, weights_only=True)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a trm-fast training checkpoint")
     if payload.get("version") != VERSION:

@@ -32,6 +32,7 @@ from trm_fast.config import ConfigError, TrainConfig
 from trm_fast import flops as flops_lib
 from trm_fast import memory as memory_lib
 from trm_fast.cuda_graphs import GraphedStep
+from trm_fast.errors import first_line
 from trm_fast.model import TRM, ACTCarry, FastTRM, TRMConfig, make_model
 from trm_fast.train import checkpoint as ckpt
 from trm_fast.train import distributed as dist_lib
@@ -269,8 +270,7 @@ class Trainer:
         except (KeyError, RuntimeError, ValueError) as error:
             if isinstance(error, ckpt.CheckpointError):
                 raise
-            first_line = (str(error).splitlines() or [""])[0][:200]
-            raise ckpt.CheckpointError(f"{path}: does not fit this run ({first_line})") from None
+            raise ckpt.CheckpointError(f"{path}: does not fit this run ({first_line(str(error))})") from None
         self.step = int(payload["step"])
         self.last_eval = payload.get("metrics")
         carries = rank_state.get("carries", []) if same_world else []

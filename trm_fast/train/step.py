@@ -25,6 +25,7 @@ import torch
 
 from trm_fast.config import ConfigError, TrainConfig
 from trm_fast.cuda_graphs import zero_grads_
+from trm_fast.errors import first_line
 from trm_fast.model import TRM, ACTCarry, TRMConfig, make_model
 from trm_fast.train import distributed as dist_lib
 from trm_fast.train.ema import EMA
@@ -115,8 +116,8 @@ class TrainStep:
         try:
             result = self.forward(carry, micro_batch)
         except Exception as error:  # noqa: BLE001 - any compiler failure; the eager model is the same function
-            first_line = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
-            self.log(f"torch.compile failed ({type(error).__name__}: {first_line}); training continues eagerly")
+            reason = first_line(str(error)) or type(error).__name__
+            self.log(f"torch.compile failed ({type(error).__name__}: {reason}); training continues eagerly")
             self.forward = self.model
             result = self.forward(carry, micro_batch)
         self.compile_checked = True
