@@ -29,6 +29,8 @@ from typing import Callable, Optional
 
 from trm_fast import config as config_lib
 from trm_fast.config import ConfigError, TrainConfig
+from trm_fast.presets import STUDY_OVERRIDES, default_preset_name
+from trm_fast.presets import preset as named_preset
 
 FORMAT = "trm-fast-ablation"
 VERSION = 1
@@ -78,44 +80,6 @@ def builtin_variants(dataset: Optional[str]) -> tuple[Variant, ...]:
     the tutorial's four otherwise."""
     return SUDOKU_VARIANTS if dataset == "sudoku" else DEFAULT_VARIANTS
 
-# What a study changes on top of a preset: a deterministic budget by steps (the cosine schedule
-# spans exactly it), periodic held-out evaluation, finer logging, and checkpoints for resuming.
-#
-# maze-cpu: 600 steps per variant, runs one after the other with one torch thread. Measured on this
-# project's 2-core machine (shared with other jobs), one run at a time: baseline 1.5 steps/s, no-ema
-# 1.4, less-recursion 4.0, bigger-brain 1.1, so ~26 min of training for the four plus ~4 min of
-# evaluations (100 test mazes every 100 steps, all 500 at the end). One thread because two threads
-# on a busy 2-core machine slow the small ops ~25x (README); two runs at a time (--jobs 2) ran each
-# at half speed there, no faster in total, but help on a machine with idle cores. One thread per run
-# also keeps the numbers independent of --jobs.
-# maze-paper: the paper's model and data with a short schedule (not yet measured on a GPU; about
-# 4.3 s per step for the four variants together at 35% MFU on an H100 by trm_fast.flops, so ~1.2
-# hours for 1000 steps each).
-STUDY_OVERRIDES = {
-    # The tutorial's study stays on the 6x6 corridor mazes it was measured on (docs/ablation): there
-    # 600 steps separate the variants, while on the preset's random-wall 7x7 mazes the preset's model
-    # is at 27% exact after 1,000 steps. Eager and float32, as measured.
-    "maze-cpu": (
-        "maze.style=corridors", "maze.size=6", "maze.num_train=2000", "compile=false", "model.forward_dtype=float32",
-        "max_steps=600", "max_minutes=none", "lr_warmup_steps=100", "eval_interval=100", "eval_examples=100",
-        "checkpoint_interval=100", "log_interval=10", "num_threads=1",
-    ),
-    "maze-paper": (
-        "max_steps=1000", "max_minutes=none", "lr_warmup_steps=100", "eval_interval=250", "eval_examples=256",
-        "checkpoint_interval=250", "log_interval=10",
-    ),
-    # The Sudoku study: the same budgets as the maze study's (not measured yet; sudoku-cpu's own model
-    # was at 73% exact on held-out puzzles after 1,000 steps, README *Sudoku*).
-    "sudoku-cpu": (
-        "max_steps=600", "max_minutes=none", "lr_warmup_steps=100", "eval_interval=100", "eval_examples=100",
-        "checkpoint_interval=100", "log_interval=10", "num_threads=1",
-    ),
-    "sudoku-paper": (
-        "max_steps=1000", "max_minutes=none", "lr_warmup_steps=100", "eval_interval=250", "eval_examples=256",
-        "checkpoint_interval=250", "log_interval=10",
-    ),
-}
-
 # Short names for the table and legend; the tutorial's notation (T = H_cycles, n = L_cycles).
 SHORT_NAMES = {"model.num_layers": "layers", "model.h_cycles": "T", "model.l_cycles": "n", "ema": "EMA",
                "model.mlp_t": "MLP", "model.pos_encodings": "pos", "model.hidden_size": "width", "seed": "seed"}
@@ -150,8 +114,8 @@ def study_base_config(preset_name: Optional[str] = None, cuda_available: bool = 
                       dataset: Optional[str] = None) -> TrainConfig:
     """The preset a study starts from (maze-paper / sudoku-paper with CUDA, maze-cpu / sudoku-cpu
     without, by the dataset kind) with STUDY_OVERRIDES."""
-    name = preset_name or config_lib.default_preset_name(cuda_available, dataset)
-    cfg = config_lib.preset(name)
+    name = preset_name or default_preset_name(cuda_available, dataset)
+    cfg = named_preset(name)
     return config_lib.apply_overrides(cfg, list(STUDY_OVERRIDES.get(name, ())))
 
 

@@ -2,7 +2,8 @@
 import pytest
 
 from trm_fast import config as config_lib
-from trm_fast.config import ConfigError, apply_overrides, preset
+from trm_fast.config import ConfigError, apply_overrides
+from trm_fast.presets import preset
 
 
 def test_presets_have_the_documented_values():
@@ -17,6 +18,19 @@ def test_presets_have_the_documented_values():
     assert config_lib.default_preset_name(False) == "maze-cpu"
     with pytest.raises(ConfigError, match="unknown preset"):
         preset("sudoku-huge")
+
+
+def test_every_preset_and_its_study_overrides_are_valid():
+    from trm_fast.presets import PRESETS, STUDY_OVERRIDES
+
+    assert config_lib.preset is preset and config_lib.PRESETS is PRESETS  # the old names still import
+    assert set(STUDY_OVERRIDES) <= set(PRESETS)
+    for name in PRESETS:
+        cfg = preset(name)
+        assert cfg.preset == name and cfg is not preset(name)  # a fresh config every call
+        config_lib.validate(cfg)
+        studied = apply_overrides(preset(name), list(STUDY_OVERRIDES.get(name, ())))
+        assert studied.max_steps is not None or name not in STUDY_OVERRIDES
 
 
 def test_overrides_parse_types():
