@@ -262,7 +262,9 @@ def apply_overrides(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:
 
 
 def validate(cfg: TrainConfig) -> None:
-    """Cross-field and range checks that a type alone cannot express."""
+    """Cross-field and range checks that a type alone cannot express. Run once per config, where it
+    is finished: by apply_overrides (the last step of every build from text), or by the caller after
+    setting fields by hand."""
 
     def need(condition: bool, message: str) -> None:
         if not condition:
@@ -338,7 +340,8 @@ def to_dict(cfg: TrainConfig) -> dict:
 
 
 def from_dict(values: dict) -> TrainConfig:
-    """Inverse of to_dict; unknown keys are an error (a config from a newer version, or a typo)."""
+    """Inverse of to_dict; unknown keys are an error (a config from a newer version, or a typo). The
+    values are not validated here: a config read back is finished by apply_overrides (which does)."""
 
     def build(cls, data: dict, prefix: str):
         if not isinstance(data, dict):
@@ -355,9 +358,7 @@ def from_dict(values: dict) -> TrainConfig:
                 kwargs[key] = value
         return cls(**kwargs)
 
-    cfg = build(TrainConfig, values, "")
-    validate(cfg)
-    return cfg
+    return build(TrainConfig, values, "")
 
 
 def save_json(cfg: TrainConfig, path) -> None:
@@ -367,6 +368,7 @@ def save_json(cfg: TrainConfig, path) -> None:
 
 
 def load_json(path) -> TrainConfig:
+    """A config.json as written by save_json (through from_dict: not validated)."""
     try:
         with open(path) as handle:
             values = json.load(handle)

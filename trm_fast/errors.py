@@ -7,6 +7,11 @@ class CheckpointError(ValueError):
     is one line naming the file. Raised by trm_fast.model.compat and trm_fast.train.run_directory."""
 
 
+class RunDirectoryError(ValueError):
+    """A run directory whose records cannot be read (no metrics.jsonl, no training records yet); the
+    message is one line naming the directory or file."""
+
+
 def first_line(text: str, limit: int = 200) -> str:
     """The first line of a (possibly multi-line) message, cut to `limit` characters: what a one-line
     error quotes of an exception from elsewhere."""
@@ -20,4 +25,4 @@ def user_errors() -> tuple[type, ...]:
     from trm_fast.ops._backend import BackendUnavailable
 
     # OSError: unreadable/unwritable paths, full disks (the message names the path).
-    return (ConfigError, DataError, CheckpointError, BackendUnavailable, OSError)
+    return (ConfigError, DataError, CheckpointError, RunDirectoryError, BackendUnavailable, OSError)

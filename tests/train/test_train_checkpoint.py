@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from trm_fast.train import checkpoint as ckpt
+from trm_fast.train import run_directory as ckpt
 
 
 def test_atomic_save_failure_leaves_previous_file_intact(tmp_path, monkeypatch):

@@ -33,6 +33,13 @@ from trm_fast.train.losses import act_loss
 from trm_fast.train.optim import AdamATan2, PuzzleEmbeddingSignSGD
 
 
+def local_batch_size(cfg: TrainConfig, world_size: int) -> int:
+    """Each process's share of the global batch."""
+    if cfg.global_batch_size % world_size:
+        raise ConfigError(f"global_batch_size {cfg.global_batch_size} is not divisible by the {world_size} processes")
+    return cfg.global_batch_size // world_size
+
+
 class TrainStep:
     def __init__(
         self,
@@ -50,9 +57,7 @@ class TrainStep:
         device = next(model.parameters()).device
         self.context = context or dist_lib.DistContext(device=device)
         world_size = self.context.world_size
-        if cfg.global_batch_size % world_size:
-            raise ConfigError(f"global_batch_size {cfg.global_batch_size} is not divisible by the {world_size} processes")
-        self.local_batch_size = cfg.global_batch_size // world_size
+        self.local_batch_size = local_batch_size(cfg, world_size)
         self.micro_batch_size = micro_batch_size or cfg.micro_batch_size or self.local_batch_size
         if self.local_batch_size % self.micro_batch_size:
             raise ConfigError(
