@@ -13,6 +13,7 @@ packages = [
     "trm_fast.model",
     "trm_fast.data",
     "trm_fast.train",
+    "trm_fast.study",
     "trm_fast.kernels",  # lives in ./kernels; never installed as a top-level `kernels`
 ]
 package_dir = {"trm_fast.kernels": "kernels"}

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from tests.cli_helpers import one_error_line
+from trm_fast import config as config_lib
 from trm_fast import plots
 from trm_fast import study as study_lib
 from trm_fast.cli import main
@@ -79,7 +80,7 @@ def test_tiny_study_writes_outputs_whose_table_equals_the_metric_files(tiny_stud
     # parameters and FLOPs per supervision step as the trainer / trm_fast.flops count them
     from trm_fast import flops
     from trm_fast.model import TRMConfig, make_model
-    from trm_fast.train.checkpoint import latest_checkpoint, load_checkpoint
+    from trm_fast.train.run_directory import latest_checkpoint, load_checkpoint
 
     for variant in report["variants"]:
         payload = load_checkpoint(latest_checkpoint(out / f"{variant['name']}-seed0"))
@@ -120,7 +121,7 @@ def test_default_variants_are_the_tutorials_four():
     assert shape == {"baseline": (2, 3, 6, True), "no-ema": (2, 3, 6, False), "less-recursion": (2, 2, 2, True),
                      "bigger-brain": (4, 3, 3, True)}
     # everything else identical: data, seed, batch, schedule, budget
-    configs = [study_lib.config_lib.to_dict(run.config) for run in study.runs]
+    configs = [config_lib.to_dict(run.config) for run in study.runs]
     for values in configs:
         for key in ("model", "ema"):
             values.pop(key)
@@ -180,23 +181,6 @@ def test_rerun_skips_finished_and_resumes_unfinished(tiny_study, tmp_path, capsy
     # The same directory with other settings is refused in one line.
     assert main(ablate_args(out, tiny_study / "data", steps=7)) == 2
     one_error_line(capsys, "other settings (base.max_steps: 6 there, 7 now)")
-
-
-def test_load_run_resolves_records_a_resumed_run_repeats(tmp_path):
-    records = [
-        {"step": 2, "train/lm_loss": 2.0, "elapsed_s": 1.0}, {"step": 4, "train/lm_loss": 1.5, "elapsed_s": 2.0},
-        {"step": 4, "eval/exact_accuracy": 0.1}, {"step": 6, "train/lm_loss": 1.4, "elapsed_s": 3.0},
-        # killed after the checkpoint at step 4; resumed:
-        {"step": 6, "train/lm_loss": 1.3, "elapsed_s": 0.5}, {"step": 8, "train/lm_loss": 1.0, "elapsed_s": 1.5},
-        {"step": 8, "final": True, "test/exact_accuracy": 0.5},
-    ]
-    lines = [json.dumps(r) for r in records]
-    lines.insert(4, '{"step": 7, "train/lm')  # half-written when killed
-    (tmp_path / "metrics.jsonl").write_text("\n".join(lines) + "\n")
-    run = study_lib.load_run(tmp_path)
-    assert [(r["step"], r["train/lm_loss"]) for r in run.train] == [(2, 2.0), (4, 1.5), (6, 1.3), (8, 1.0)]
-    assert [r["step"] for r in run.evals] == [4] and run.final["test/exact_accuracy"] == 0.5
-    assert run.train_seconds == pytest.approx(3.0 + 1.5)
 
 
 @pytest.mark.parametrize("extra, expected", [

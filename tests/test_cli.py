@@ -147,7 +147,7 @@ def test_bad_files_give_one_line(trained_run, tmp_path, capsys):
 
 def test_reference_state_dict_checkpoint_evaluates(trained_run, tmp_path, capsys):
     """A reference-project file (EMA weights under _orig_mod.model.*) loads through the compat loader."""
-    from trm_fast.train.checkpoint import latest_checkpoint, load_checkpoint
+    from trm_fast.train.run_directory import latest_checkpoint, load_checkpoint
 
     payload = load_checkpoint(latest_checkpoint(trained_run / "run"))
     reference_file = tmp_path / "step_3"

@@ -33,5 +33,6 @@ def test_wheel_installs_kernels_only_inside_trm_fast(tmp_path):
     assert "kernels" not in top_level, "a top-level `kernels` package would shadow Hugging Face's"
     assert "trm_fast/kernels/rms_norm_residual.py" in names
     assert "trm_fast/csrc/rms_norm_residual.cu" in names
+    assert "trm_fast/study/runner.py" in names and "trm_fast/presets.py" in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "trm-fast = trm_fast.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()

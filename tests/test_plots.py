@@ -8,7 +8,7 @@ import pytest
 from tests.cli_helpers import one_error_line, train_args
 from trm_fast import plots
 from trm_fast.cli import main
-from trm_fast.study import load_run
+from trm_fast.train.run_directory import load_run
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TINY_SETS = [

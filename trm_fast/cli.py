@@ -47,7 +47,7 @@ def _expected_errors() -> tuple[type, ...]:
 
 
 def _newest_run_with_checkpoint(root: Path) -> Optional[Path]:
-    from trm_fast.train.checkpoint import latest_checkpoint
+    from trm_fast.train.run_directory import latest_checkpoint
 
     if not root.is_dir():
         return None
@@ -113,7 +113,7 @@ def load_model_for_eval(args, device):
     from trm_fast import config as config_lib
     from trm_fast.model import TRMConfig, make_model
     from trm_fast.model.compat import CheckpointError, infer_config, load_any_state_dict, load_model_weights
-    from trm_fast.train.checkpoint import latest_checkpoint
+    from trm_fast.train.run_directory import latest_checkpoint
     from trm_fast.train.data import open_eval_source
 
     checkpoint, data_path = args.checkpoint, args.data
@@ -311,7 +311,7 @@ def cmd_ablate(args) -> int:
 
 def cmd_plot(args) -> int:
     from trm_fast import plots
-    from trm_fast.study import load_runs
+    from trm_fast.train.run_directory import load_runs
 
     plots.check_image_path(args.out)
     runs = load_runs(args.run_dirs)

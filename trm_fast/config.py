@@ -1,4 +1,5 @@
-"""Training configuration: one dataclass tree, named presets, and `field=value` overrides.
+"""Training configuration: one dataclass tree (the schema), `field=value` overrides, validation and
+JSON. The named configurations (presets, and what a study changes on them) are in trm_fast.presets.
 
 `TrainConfig` holds everything a run needs except what the data decides (vocabulary, sequence
 length, number of puzzle identifiers), which is filled in when the model is built. Defaults follow
@@ -58,13 +59,28 @@ class MazeSettings:
 
 
 @dataclass
+class SudokuSettings:
+    """The built-in Sudoku generator (used when `dataset` is "sudoku"; trm_fast.data.sudoku)."""
+
+    size: int = 9
+    # Boxes of box_rows x box_cols cells (product = size); none = the most square (9: 3x3, 6: 2x3).
+    box_rows: Optional[int] = None
+    box_cols: Optional[int] = None
+    num_train: int = 1000
+    num_test: int = 1000
+    num_aug: int = 1000  # augmented copies of every training puzzle (the original is kept too)
+    min_rating: int = 0  # minimum solver rating (guesses to prove uniqueness; 0 = any puzzle)
+    seed: int = 0
+
+
+@dataclass
 class TrainConfig:
     preset: str = ""
     # Data: "maze" or "sudoku" (built-in generators, cached under data_dir) or a reference-layout folder.
     dataset: str = "maze"
     data_dir: Optional[str] = None
     maze: MazeSettings = field(default_factory=MazeSettings)
-    sudoku: "SudokuSettings" = field(default_factory=lambda: SudokuSettings())  # defined below the maze presets
+    sudoku: SudokuSettings = field(default_factory=SudokuSettings)
     model: ModelSettings = field(default_factory=ModelSettings)
     loss_type: str = "stablemax"  # stablemax | softmax
 
@@ -127,171 +143,18 @@ CHOICES = {
 }
 
 
-# What the paper presets share (the reference cfg_pretrain.yaml): batch, schedule, optimizer and EMA.
-_PAPER_TRAINING = dict(
-    global_batch_size=768,
-    epochs=50000,
-    lr=1e-4,
-    lr_warmup_steps=2000,
-    weight_decay=1.0,
-    puzzle_emb_lr=1e-4,
-    puzzle_emb_weight_decay=1.0,
-    ema_rate=0.999,
-    # ~5000 epochs of 1000 examples (mazes; Sudoku: one augmented copy of each of 1000 groups) at
-    # batch 768, as the reference evaluates
-    eval_interval=6500,
-    log_interval=50,
-)
-
-
-def _maze_paper() -> TrainConfig:
-    """The reference Maze-Hard 30x30 run: README command + cfg_pretrain.yaml + arch/trm.yaml."""
-    return TrainConfig(
-        preset="maze-paper",
-        maze=MazeSettings(size=30, num_train=1000, num_test=1000),
-        model=ModelSettings(hidden_size=512, num_heads=8, h_cycles=3, l_cycles=4, forward_dtype="bfloat16"),
-        **_PAPER_TRAINING,
-    )
-
-
-# What the CPU presets share: a 2-core laptop's batch, schedule and budget (maze-cpu and sudoku-cpu
-# differ in data, model and schedule length only).
-_CPU_TRAINING = dict(
-    global_batch_size=64,
-    epochs=100000,
-    max_minutes=13.5,  # stops earlier on a slower machine, still with the held-out evaluation
-    # torch.compile (inductor's C++ code), as both presets' figures were measured: with the presets'
-    # bf16 forward it is the fastest CPU step measured (bench/bench_cpu_preset.py), after ~30 s of
-    # compile inside max_minutes; eager with one printed line where it cannot compile.
-    compile=True,
-    lr=1e-3,
-    lr_min_ratio=0.1,
-    lr_warmup_steps=100,
-    weight_decay=0.1,
-    puzzle_emb_lr=1e-3,
-    puzzle_emb_weight_decay=0.1,
-    ema_rate=0.995,
-    eval_interval=1000,
-    eval_examples=200,
-    log_interval=20,
-    checkpoint_interval=500,
-    device="cpu",
-)
-
-
-def _maze_cpu() -> TrainConfig:
-    """Random-wall mazes (the Maze-Hard style) and a width-64 TRM (T=2, n=2), compiled, that learn on
-    a 2-core laptop CPU and stop by themselves after ~15 minutes with a held-out evaluation. Chosen by
-    experiment (README, *Measured figures*). The forward runs in bf16 as in the paper: on a CPU with
-    native bf16 dot products (AVX512-BF16, AMX) the compiled step is ~1.4x faster than in float32;
-    other CPUs run float32 (trm_fast.train.step.runnable_model_config)."""
-    return TrainConfig(
-        preset="maze-cpu",
-        # Fresh mazes are cheap (20,000 in a few seconds): enough that ~6,000 steps of 64 never
-        # repeat a maze more than ~20 times.
-        maze=MazeSettings(size=7, num_train=20000, num_test=500),
-        model=ModelSettings(
-            hidden_size=64,
-            num_heads=4,
-            h_cycles=2,
-            l_cycles=2,
-            puzzle_emb_len=1,
-            halt_max_steps=8,
-            forward_dtype="bfloat16",
-        ),
-        max_steps=5000,  # sets the cosine schedule's length; ~15 min on 2 idle cores
-        **_CPU_TRAINING,
-    )
-
-
-@dataclass
-class SudokuSettings:
-    """The built-in Sudoku generator (used when `dataset` is "sudoku"; trm_fast.data.sudoku)."""
-
-    size: int = 9
-    # Boxes of box_rows x box_cols cells (product = size); none = the most square (9: 3x3, 6: 2x3).
-    box_rows: Optional[int] = None
-    box_cols: Optional[int] = None
-    num_train: int = 1000
-    num_test: int = 1000
-    num_aug: int = 1000  # augmented copies of every training puzzle (the original is kept too)
-    min_rating: int = 0  # minimum solver rating (guesses to prove uniqueness; 0 = any puzzle)
-    seed: int = 0
-
-
-# Generated "hard" Sudoku for the paper presets: the solver needs >= 10 guesses to prove the solution
-# unique (about the hardest 15% of random minimal puzzles; Sudoku-Extreme is a hard set too).
-SUDOKU_HARD_RATING = 10
-
-
-def _sudoku_paper() -> TrainConfig:
-    """The reference Sudoku-Extreme run with TRM-MLP (paper table: 87.4%): `arch.mlp_t=True
-    arch.pos_encodings=none`, T=3, n=6, 1000 training puzzles x 1000 augmentations, lr 1e-4, weight
-    decay 1.0, 50,000 epochs, evaluation every 5,000. The puzzles are generated here (hard ones,
-    min_rating SUDOKU_HARD_RATING) instead of downloaded; pass a folder built from the Sudoku-Extreme
-    CSV files (`convert_sudoku_csv`) as --dataset for the published data."""
-    return TrainConfig(
-        preset="sudoku-paper",
-        dataset="sudoku",
-        sudoku=SudokuSettings(size=9, num_train=1000, num_test=1000, num_aug=1000, min_rating=SUDOKU_HARD_RATING),
-        model=ModelSettings(hidden_size=512, num_heads=8, h_cycles=3, l_cycles=6, mlp_t=True, pos_encodings="none",
-                            halt_max_steps=16, forward_dtype="bfloat16"),
-        **_PAPER_TRAINING,
-    )
-
-
-def _sudoku_att_paper() -> TrainConfig:
-    """TRM-Att on Sudoku (paper table: 74.7%): sudoku-paper with self-attention and RoPE."""
-    cfg = _sudoku_paper()
-    cfg.preset = "sudoku-att-paper"
-    cfg.model.mlp_t = False
-    cfg.model.pos_encodings = "rope"
-    return cfg
-
-
-def _sudoku_cpu() -> TrainConfig:
-    """6x6 Sudoku (2x3 boxes) and a width-64 TRM-MLP (T=2, n=2), compiled, that learn on a 2-core
-    laptop CPU within ~15 minutes. Chosen by experiment (README, *Sudoku*): 6x6 reached 97.5% exact on
-    held-out puzzles at 2,000 steps on one core, while 9x9 with the same model had no puzzle exact
-    and 57% of cells right at 500 steps, at half the steps/s. bf16 forward as in maze-cpu (2.2x the
-    steps/s of float32 compiled here, the same accuracy)."""
-    return TrainConfig(
-        preset="sudoku-cpu",
-        dataset="sudoku",
-        sudoku=SudokuSettings(size=6, num_train=1000, num_test=500, num_aug=100),  # boxes 2x3
-        model=ModelSettings(
-            hidden_size=64,
-            num_heads=4,
-            h_cycles=2,
-            l_cycles=2,
-            mlp_t=True,
-            pos_encodings="none",
-            puzzle_emb_len=1,
-            halt_max_steps=8,
-            forward_dtype="bfloat16",  # as maze-cpu: native bf16 where the CPU has it, else float32
-        ),
-        max_steps=6000,  # sets the cosine schedule's length; ~10 min on 2 idle cores with native bf16
-        **_CPU_TRAINING,
-    )
-
-
-PRESETS = {"maze-paper": _maze_paper, "maze-cpu": _maze_cpu, "sudoku-paper": _sudoku_paper,
-           "sudoku-att-paper": _sudoku_att_paper, "sudoku-cpu": _sudoku_cpu}
 BUILTIN_DATASETS = ("maze", "sudoku")
 
-
-def preset(name: str) -> TrainConfig:
-    if name not in PRESETS:
-        raise ConfigError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
-    return PRESETS[name]()
+# The presets moved to trm_fast.presets (which builds on this module); their names stay importable here.
+_PRESET_NAMES = ("PRESETS", "preset", "default_preset_name")
 
 
-def default_preset_name(cuda_available: bool, dataset: Optional[str] = None) -> str:
-    """The preset for a dataset kind ("maze", the default, or "sudoku"): the paper's run with CUDA,
-    the CPU preset without."""
-    if dataset == "sudoku":
-        return "sudoku-paper" if cuda_available else "sudoku-cpu"
-    return "maze-paper" if cuda_available else "maze-cpu"
+def __getattr__(name: str):
+    if name in _PRESET_NAMES:
+        from trm_fast import presets
+
+        return getattr(presets, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -399,7 +262,9 @@ def apply_overrides(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:
 
 
 def validate(cfg: TrainConfig) -> None:
-    """Cross-field and range checks that a type alone cannot express."""
+    """Cross-field and range checks that a type alone cannot express. Run once per config, where it
+    is finished: by apply_overrides (the last step of every build from text), or by the caller after
+    setting fields by hand."""
 
     def need(condition: bool, message: str) -> None:
         if not condition:
@@ -475,7 +340,8 @@ def to_dict(cfg: TrainConfig) -> dict:
 
 
 def from_dict(values: dict) -> TrainConfig:
-    """Inverse of to_dict; unknown keys are an error (a config from a newer version, or a typo)."""
+    """Inverse of to_dict; unknown keys are an error (a config from a newer version, or a typo). The
+    values are not validated here: a config read back is finished by apply_overrides (which does)."""
 
     def build(cls, data: dict, prefix: str):
         if not isinstance(data, dict):
@@ -492,9 +358,7 @@ def from_dict(values: dict) -> TrainConfig:
                 kwargs[key] = value
         return cls(**kwargs)
 
-    cfg = build(TrainConfig, values, "")
-    validate(cfg)
-    return cfg
+    return build(TrainConfig, values, "")
 
 
 def save_json(cfg: TrainConfig, path) -> None:
@@ -504,6 +368,7 @@ def save_json(cfg: TrainConfig, path) -> None:
 
 
 def load_json(path) -> TrainConfig:
+    """A config.json as written by save_json (through from_dict: not validated)."""
     try:
         with open(path) as handle:
             values = json.load(handle)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from trm_fast.train import checkpoint as ckpt
+from trm_fast.train import run_directory as ckpt
 
 
 def test_atomic_save_failure_leaves_previous_file_intact(tmp_path, monkeypatch):
@@ -97,3 +97,28 @@ def test_rng_state_round_trip(tmp_path):
     ckpt.set_rng_state(torch.load(path, weights_only=True)["rng"])
     again = (random.random(), np.random.rand(), torch.rand(2))
     assert expected[0] == again[0] and expected[1] == again[1] and torch.equal(expected[2], again[2])
+
+
+def test_first_line_quotes_one_cut_line_of_a_message():
+    from trm_fast.errors import first_line
+
+    assert first_line("  shape mismatch\n  at layer 3\n") == "shape mismatch"
+    assert first_line("x" * 500) == "x" * 200
+    assert first_line("abcdef", limit=3) == "abc"
+    assert first_line("") == first_line(" \n ") == ""
+
+
+def test_both_checkpoint_readers_report_a_corrupt_file_alike(tmp_path):
+    """The training checkpoint loader and the evaluation loader share one reader and its error."""
+    from trm_fast.model.compat import load_any_state_dict
+
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"\x80\x02 " + b"not a checkpoint\n" * 50)
+    messages = []
+    for load in (ckpt.load_checkpoint, load_any_state_dict):
+        with pytest.raises(ckpt.CheckpointError) as info:
+            load(corrupt)
+        messages.append(str(info.value))
+    for message in messages:
+        assert message.startswith(f"{corrupt}: cannot read checkpoint (UnpicklingError: ")
+        assert "\n" not in message and len(message) <= len(f"{corrupt}: cannot read checkpoint (UnpicklingError: )") + 200

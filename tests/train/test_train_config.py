@@ -2,7 +2,8 @@
 import pytest
 
 from trm_fast import config as config_lib
-from trm_fast.config import ConfigError, apply_overrides, preset
+from trm_fast.config import ConfigError, apply_overrides
+from trm_fast.presets import preset
 
 
 def test_presets_have_the_documented_values():
@@ -17,6 +18,19 @@ def test_presets_have_the_documented_values():
     assert config_lib.default_preset_name(False) == "maze-cpu"
     with pytest.raises(ConfigError, match="unknown preset"):
         preset("sudoku-huge")
+
+
+def test_every_preset_and_its_study_overrides_are_valid():
+    from trm_fast.presets import PRESETS, STUDY_OVERRIDES
+
+    assert config_lib.preset is preset and config_lib.PRESETS is PRESETS  # the old names still import
+    assert set(STUDY_OVERRIDES) <= set(PRESETS)
+    for name in PRESETS:
+        cfg = preset(name)
+        assert cfg.preset == name and cfg is not preset(name)  # a fresh config every call
+        config_lib.validate(cfg)
+        studied = apply_overrides(preset(name), list(STUDY_OVERRIDES.get(name, ())))
+        assert studied.max_steps is not None or name not in STUDY_OVERRIDES
 
 
 def test_overrides_parse_types():
@@ -116,3 +130,23 @@ def test_maze_style_is_a_checked_choice_and_names_its_own_data_folder():
         apply_overrides(preset("maze-cpu"), ["maze.style=spiral"])
     with pytest.raises(ConfigError, match="wall_share_min/max"):
         apply_overrides(preset("maze-cpu"), ["maze.wall_share_min=0.6"])
+
+
+def test_validate_runs_once_where_a_config_is_finished(monkeypatch, tmp_path, tiny_config):
+    """apply_overrides validates; reading a config back and starting a trainer do not check it again."""
+    from trm_fast.study import make_study
+    from trm_fast.train.loop import Trainer
+
+    checked = []
+    real_validate = config_lib.validate
+    monkeypatch.setattr(config_lib, "validate", lambda cfg: checked.append(cfg.preset) or real_validate(cfg))
+    cfg = tiny_config("seed=2")
+    assert len(checked) == 1
+    config_lib.save_json(cfg, tmp_path / "config.json")
+    resumed = config_lib.apply_overrides(config_lib.load_json(tmp_path / "config.json"), [])
+    assert resumed == cfg and len(checked) == 2
+    Trainer(resumed, tmp_path / "run", progress=False, log=lambda _line: None).close()
+    assert len(checked) == 2
+    checked.clear()
+    study = make_study(out=tmp_path / "study", cuda_available=False, sets=["seed=1"], max_steps=5)
+    assert len(checked) == 1 + len(study.variants)  # the base once, then each variant's overrides

@@ -7,7 +7,7 @@ import signal
 import pytest
 import torch
 
-from trm_fast.train import checkpoint as ckpt
+from trm_fast.train import run_directory as ckpt
 from trm_fast.train.loop import Trainer, train
 
 

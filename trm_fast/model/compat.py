@@ -14,14 +14,12 @@ from typing import Any
 
 import torch
 
+from trm_fast.errors import CheckpointError, first_line
 from trm_fast.model.reference import TRMConfig, swiglu_width
 
 REFERENCE_PREFIXES = ("_orig_mod.", "model.", "module.")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file that is missing, unreadable or does not fit (a model, a run); the message
-    is one line naming the file. Raised by this module and by trm_fast.train.checkpoint."""
+# The "format" entry of our own checkpoints (trm_fast.train.run_directory writes them).
+CHECKPOINT_FORMAT = "trm-fast"
 
 
 def strip_reference_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -88,6 +86,21 @@ def infer_config(state_dict: dict[str, torch.Tensor], **known: Any) -> TRMConfig
     return TRMConfig(**values)
 
 
+def read_checkpoint_file(path: Path, weights_only: bool = True) -> Any:
+    """What a checkpoint file holds (torch.save on CPU, or .safetensors tensors); a missing, truncated
+    or corrupt file is a CheckpointError naming it."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        return torch.load(path, map_location="cpu", weights_only=weights_only)
+    except Exception as error:  # corrupt or truncated files raise many different types
+        raise CheckpointError(f"{path}: cannot read checkpoint ({type(error).__name__}: {first_line(str(error))})") from None
+
+
 def load_any_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Model weights for evaluation from a trm-fast checkpoint (its EMA copy) or a reference-project file.
 
@@ -95,19 +108,8 @@ def load_any_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict
     and for our checkpoints "model_config" (a dict) and the rest of the saved metadata.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint file not found")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            payload: Any = load_file(str(path))
-        else:
-            payload = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:  # corrupt or truncated files raise many different types
-        raise CheckpointError(f"{path}: cannot read checkpoint ({type(error).__name__}: {str(error).splitlines()[0][:160]})") from None
-
-    if isinstance(payload, dict) and payload.get("format") == "trm-fast":
+    payload = read_checkpoint_file(path, weights_only=False)
+    if isinstance(payload, dict) and payload.get("format") == CHECKPOINT_FORMAT:
         weights = payload.get("ema_model") or payload.get("model")
         if not isinstance(weights, dict):
             raise CheckpointError(f"{path}: trm-fast checkpoint has no model weights")

@@ -1,7 +1,8 @@
-"""Training layer: ACT loss and metrics, AdamATan2 / sign-SGD / EMA, checkpoints, data parallelism,
-and the loop that ties them together.
+"""Training layer: ACT loss and metrics, AdamATan2 / sign-SGD / EMA, the run directory (its files,
+metrics and checkpoints: run_directory.py), data parallelism, and the loop that ties them together.
 
-    from trm_fast.config import preset, apply_overrides
+    from trm_fast.config import apply_overrides
+    from trm_fast.presets import preset
     from trm_fast.train import train
     result = train(apply_overrides(preset("maze-cpu"), ["max_steps=200"]), "runs/try")
 """

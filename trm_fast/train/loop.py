@@ -6,16 +6,14 @@ Per step (reference: pretrain.py train_batch):
 `TrainStep` is the whole supervision + optimizer step (micro-batches, ACT carries, AdamATan2 + EMA,
 sign-SGD); with cuda_graphs=true a `GraphedStep` captures that same object. Metrics stay on the
 device and are read only at logging steps, where tokens/s and (on a GPU) model FLOP utilisation
-are logged too. A run directory holds config.json,
-metrics.jsonl, final_eval.json and checkpoints/ (see checkpoint.py); `resume=True` continues from
-the newest checkpoint exactly (bit-identical on CPU).
+are logged too. The run directory (config.json, metrics.jsonl, checkpoints/, final_eval.json) is
+written and read through run_directory.py; `resume=True` continues from the newest checkpoint
+exactly (bit-identical on CPU).
 """
 from __future__ import annotations
 
-import json
 import math
 import os
-import random
 import signal
 import sys
 import threading
@@ -24,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-import numpy as np
 import torch
 
 from trm_fast import config as config_lib
@@ -32,14 +29,14 @@ from trm_fast.config import ConfigError, TrainConfig
 from trm_fast import flops as flops_lib
 from trm_fast import memory as memory_lib
 from trm_fast.cuda_graphs import GraphedStep
-from trm_fast.model import TRM, ACTCarry, FastTRM, TRMConfig, make_model
-from trm_fast.train import checkpoint as ckpt
+from trm_fast.model import TRM, FastTRM, TRMConfig, make_model
 from trm_fast.train import distributed as dist_lib
+from trm_fast.train import run_directory
 from trm_fast.train.data import RunData, open_run_data
 from trm_fast.train.evaluate import MODEL_KEYS, batch_to_device, evaluate
 from trm_fast.train.losses import METRIC_NAMES, summarise
 from trm_fast.train.optim import lr_at_step
-from trm_fast.train.step import build_train_step, fast_options
+from trm_fast.train.step import build_train_step, fast_options, local_batch_size
 
 
 @dataclass
@@ -55,24 +52,6 @@ def schedule_length(cfg: TrainConfig, data: RunData) -> int:
     """Total optimizer steps the LR schedule spans: `epochs` as in the reference, capped by max_steps."""
     from_epochs = max(int(cfg.epochs * data.batches_per_epoch), 1)
     return min(from_epochs, cfg.max_steps) if cfg.max_steps is not None else from_epochs
-
-
-_CARRY_TENSORS = ("y_answer", "z_latent", "steps", "halted")
-
-
-def carry_state(carry: ACTCarry) -> dict:
-    """The persistent part of a carry, on the CPU (the puzzle rows are scratch, not state)."""
-    state = {name: getattr(carry, name).detach().cpu() for name in _CARRY_TENSORS}
-    state["current_data"] = {k: v.detach().cpu() for k, v in carry.current_data.items()}
-    return state
-
-
-def restore_carry_(carry: ACTCarry, state: dict) -> None:
-    """Write a saved carry into an allocated one in place."""
-    for name in _CARRY_TENSORS:
-        getattr(carry, name).copy_(state[name])
-    for key, value in state["current_data"].items():
-        carry.current_data[key].copy_(value)
 
 
 class _StopSignal:
@@ -109,7 +88,6 @@ class Trainer:
         progress: bool = True,
         log: Callable[[str], None] = print,
     ):
-        config_lib.validate(cfg)
         self.cfg = cfg
         if cfg.num_threads > 0:
             torch.set_num_threads(cfg.num_threads)
@@ -122,17 +100,9 @@ class Trainer:
             name = f"{cfg.preset or 'run'}-{time.strftime('%Y%m%d-%H%M%S')}"
             run_dir = dist_lib.broadcast_object(str(Path("runs") / name), ctx)
         self.run_dir = Path(run_dir)
-        if cfg.global_batch_size % ctx.world_size:
-            raise ConfigError(
-                f"global_batch_size {cfg.global_batch_size} is not divisible by the {ctx.world_size} processes"
-            )
-        self.local_batch_size = cfg.global_batch_size // ctx.world_size
+        self.local_batch_size = local_batch_size(cfg, ctx.world_size)
 
-        resume_path = None
-        if resume:
-            resume_path = ckpt.latest_checkpoint(self.run_dir)
-            if resume_path is None:
-                raise ckpt.CheckpointError(f"{self.run_dir}: nothing to resume (no checkpoints/step_*.pt)")
+        resume_path = run_directory.checkpoint_to_resume(self.run_dir) if resume else None
 
         self.data = open_run_data(cfg, self.context, self.local_batch_size)
 
@@ -143,25 +113,19 @@ class Trainer:
             raise ConfigError("cuda_graphs=true supports one process; the gradient all-reduce is not captured")
         self.train_step = build_train_step(cfg, model_config, self.device, ctx, self._micro_batch_size(model_config), log=self.log)
         self.model, self.ema = self.train_step.model, self.train_step.ema
-        self._seed_everything(cfg.seed + ctx.rank)  # per-rank exploration streams, as in the reference
+        run_directory.seed_everything(cfg.seed + ctx.rank)  # per-rank exploration streams, as in the reference
         self.run_step = GraphedStep(self.train_step) if self.use_cuda_graphs else self.train_step
         self.total_steps = schedule_length(cfg, self.data)
         self.step = 0
         self.last_eval: Optional[dict] = None
         if resume_path is not None:
-            self._restore(resume_path)
+            run_directory.restore_checkpoint(self, resume_path)
 
     # ------------------------------------------------------------------------------------------
     def log(self, message: str) -> None:
         if self.context.is_main:
             self._log(message)
             sys.stdout.flush()
-
-    @staticmethod
-    def _seed_everything(seed: int) -> None:
-        random.seed(seed)
-        np.random.seed(seed % 2**32)
-        torch.manual_seed(seed)
 
     def _micro_batch_size(self, model_config: TRMConfig) -> int:
         """micro_batch_size, or when unset the trainer's choice (trm_fast.memory.micro_batch_for)."""
@@ -214,95 +178,17 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------
     def save_checkpoint(self) -> Optional[Path]:
-        """Collective: every rank contributes its RNG, sampler position and carry; rank 0 writes."""
-        cfg = self.cfg
-        rank_state = {
-            "rng": ckpt.rng_state(),
-            "sampler": ckpt.encode(self.data.sampler.state_dict()),
-            "carries": [carry_state(carry) for carry in self.train_step.carries or []],
-        }
-        all_rank_states = dist_lib.gather_objects(rank_state, self.context)
-        path = None
-        if self.context.is_main:
-            payload = {
-                "format": ckpt.FORMAT,
-                "version": ckpt.VERSION,
-                "step": self.step,
-                "model_config": self.model.config.to_dict(),
-                "train_config": config_lib.to_dict(cfg),
-                "model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
-                "ema_model": {k: v.detach().cpu() for k, v in self.ema_state_dict().items()},
-                "optimizer": self.train_step.optimizer.state_dict(),
-                "ema": self.ema.state_dict() if self.ema is not None else None,
-                "world_size": self.context.world_size,
-                "ranks": all_rank_states,
-                "metrics": self.last_eval,
-                "data": self.data.describe(),
-            }
-            path = ckpt.checkpoint_path(self.run_dir, self.step)
-            ckpt.atomic_torch_save(payload, path)
-            ckpt.prune_checkpoints(self.run_dir, cfg.keep_checkpoints)
-        dist_lib.barrier(self.context)
-        return path
+        """Collective (every rank calls it); the path written, on rank 0."""
+        return run_directory.save_checkpoint(self)
 
-    def _restore(self, path: Path) -> None:
-        payload = ckpt.load_checkpoint(path)
-        ctx = self.context
-        same_world = payload["world_size"] == ctx.world_size
-        saved, current = payload["model_config"], self.model.config.to_dict()
-        if saved != current:
-            differing = sorted(key for key in set(saved) | set(current) if saved.get(key) != current.get(key))
-            details = ", ".join(f"{key}: {saved.get(key)} there, {current.get(key)} here" for key in differing)
-            raise ckpt.CheckpointError(f"{path}: its model config differs from this run's ({details})")
-        try:
-            self.model.load_state_dict(payload["model"])
-            self.train_step.optimizer.load_state_dict(payload["optimizer"])
-            if self.ema is not None:
-                if payload["ema"] is None:
-                    raise ckpt.CheckpointError(f"{path}: has no EMA state but this run uses EMA")
-                self.ema.load_state_dict(payload["ema"])
-            # The sampler position is global (the same on every rank), so any rank's entry will do.
-            rank_state = payload["ranks"][ctx.rank if same_world else 0]
-            self.data.sampler.load_state_dict(ckpt.decode(rank_state["sampler"]))
-            if same_world:
-                ckpt.set_rng_state(rank_state["rng"])
-        except (KeyError, RuntimeError, ValueError) as error:
-            if isinstance(error, ckpt.CheckpointError):
-                raise
-            first_line = (str(error).splitlines() or [""])[0][:200]
-            raise ckpt.CheckpointError(f"{path}: does not fit this run ({first_line})") from None
-        self.step = int(payload["step"])
-        self.last_eval = payload.get("metrics")
-        carries = rank_state.get("carries", []) if same_world else []
-        if carries and len(carries) == self.train_step.num_micro_batches:
-            self.train_step.carries = [self._carry_from_state(state) for state in carries]
-            self.log(f"resumed from {path} at step {self.step}")
-        else:
-            # The carried slots belonged to another split of the batch: start them afresh.
-            self._seed_everything(self.cfg.seed + ctx.rank + 1_000_003 * self.step)
-            self.log(
-                f"resumed from {path} at step {self.step}; it was written by {payload['world_size']} process(es) "
-                f"with {len(rank_state.get('carries', []))} micro-batch(es) each, this run has {ctx.world_size} with "
-                f"{self.train_step.num_micro_batches}: weights, optimizer and data position continue, the ACT carries restart"
-            )
-
-    def _carry_from_state(self, state: dict) -> ACTCarry:
-        carry = self.model.initial_carry({k: v.to(self.device) for k, v in state["current_data"].items()})
-        restore_carry_(carry, state)
-        return carry
-
-    # ------------------------------------------------------------------------------------------
     def _append_metrics(self, record: dict) -> None:
-        if not self.context.is_main:
-            return
-        with open(self.run_dir / "metrics.jsonl", "a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        if self.context.is_main:
+            run_directory.append_metrics(self.run_dir, record)
 
     def run(self) -> TrainResult:
         cfg, ctx = self.cfg, self.context
         if ctx.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            config_lib.save_json(cfg, self.run_dir / "config.json")
+            run_directory.write_config(self.run_dir, cfg)
         dist_lib.barrier(ctx)
 
         end_step = self.total_steps
@@ -398,8 +284,7 @@ class Trainer:
                 self.last_eval = final_eval
                 self._append_metrics({"step": self.step, "final": True, **final_eval})
                 if ctx.is_main:
-                    with open(self.run_dir / "final_eval.json", "w") as handle:
-                        json.dump({"step": self.step, **final_eval}, handle, indent=2)
+                    run_directory.write_final_eval(self.run_dir, self.step, final_eval)
                 self.log(self._eval_line("held-out test (EMA weights, all steps)" if self.ema else "held-out test", final_eval))
             else:
                 self.log(f"interrupted at step {self.step}; resume with --resume --run-dir {self.run_dir}")
@@ -446,7 +331,10 @@ def train(
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> TrainResult:
-    """Train (or resume) a run in `run_dir`; returns where it stopped and the final evaluation."""
+    """Train (or resume) a run in `run_dir`; returns where it stopped and the final evaluation.
+
+    `cfg` is a finished config: a preset, apply_overrides' result, or one whose fields were set by hand
+    and then passed to trm_fast.config.validate (the trainer does not check it again)."""
     trainer = Trainer(cfg, run_dir, resume=resume, progress=progress, log=log)
     try:
         return trainer.run()

@@ -25,11 +25,19 @@ import torch
 
 from trm_fast.config import ConfigError, TrainConfig
 from trm_fast.cuda_graphs import zero_grads_
+from trm_fast.errors import first_line
 from trm_fast.model import TRM, ACTCarry, TRMConfig, make_model
 from trm_fast.train import distributed as dist_lib
 from trm_fast.train.ema import EMA
 from trm_fast.train.losses import act_loss
 from trm_fast.train.optim import AdamATan2, PuzzleEmbeddingSignSGD
+
+
+def local_batch_size(cfg: TrainConfig, world_size: int) -> int:
+    """Each process's share of the global batch."""
+    if cfg.global_batch_size % world_size:
+        raise ConfigError(f"global_batch_size {cfg.global_batch_size} is not divisible by the {world_size} processes")
+    return cfg.global_batch_size // world_size
 
 
 class TrainStep:
@@ -49,9 +57,7 @@ class TrainStep:
         device = next(model.parameters()).device
         self.context = context or dist_lib.DistContext(device=device)
         world_size = self.context.world_size
-        if cfg.global_batch_size % world_size:
-            raise ConfigError(f"global_batch_size {cfg.global_batch_size} is not divisible by the {world_size} processes")
-        self.local_batch_size = cfg.global_batch_size // world_size
+        self.local_batch_size = local_batch_size(cfg, world_size)
         self.micro_batch_size = micro_batch_size or cfg.micro_batch_size or self.local_batch_size
         if self.local_batch_size % self.micro_batch_size:
             raise ConfigError(
@@ -115,8 +121,8 @@ class TrainStep:
         try:
             result = self.forward(carry, micro_batch)
         except Exception as error:  # noqa: BLE001 - any compiler failure; the eager model is the same function
-            first_line = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
-            self.log(f"torch.compile failed ({type(error).__name__}: {first_line}); training continues eagerly")
+            reason = first_line(str(error)) or type(error).__name__
+            self.log(f"torch.compile failed ({type(error).__name__}: {reason}); training continues eagerly")
             self.forward = self.model
             result = self.forward(carry, micro_batch)
         self.compile_checked = True
