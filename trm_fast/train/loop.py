@@ -31,6 +31,7 @@ from trm_fast import config as config_lib
 from trm_fast.config import ConfigError, TrainConfig
 from trm_fast import flops as flops_lib
 from trm_fast import memory as memory_lib
+from trm_fast import tracking
 from trm_fast.cuda_graphs import GraphedStep
 from trm_fast.model import TRM, ACTCarry, FastTRM, TRMConfig, make_model
 from trm_fast.train import checkpoint as ckpt
@@ -122,6 +123,7 @@ class Trainer:
             name = f"{cfg.preset or 'run'}-{time.strftime('%Y%m%d-%H%M%S')}"
             run_dir = dist_lib.broadcast_object(str(Path("runs") / name), ctx)
         self.run_dir = Path(run_dir)
+        self.tracker = tracking.open_tracker(cfg.tracking, self.run_dir, config_lib.to_dict(cfg)) if ctx.is_main else tracking.Tracker()
         if cfg.global_batch_size % ctx.world_size:
             raise ConfigError(
                 f"global_batch_size {cfg.global_batch_size} is not divisible by the {ctx.world_size} processes"
@@ -297,6 +299,7 @@ class Trainer:
             return
         with open(self.run_dir / "metrics.jsonl", "a") as handle:
             handle.write(json.dumps(record) + "\n")
+        self.tracker.log(record)
 
     def run(self) -> TrainResult:
         cfg, ctx = self.cfg, self.context
@@ -436,6 +439,7 @@ class Trainer:
         )
 
     def close(self) -> None:
+        self.tracker.close()
         dist_lib.shutdown(self.context)
 
 
