@@ -323,9 +323,11 @@ def cmd_plot(args) -> int:
 
 
 def make_parser() -> argparse.ArgumentParser:
+    import trm_fast
     from trm_fast import config as config_lib
 
     parser = _Parser(prog=PROG, description="Train and run Tiny Recursive Models (TRM).")
+    parser.add_argument("--version", action="version", version=f"{PROG} {trm_fast.__version__}")
     commands = parser.add_subparsers(dest="command", metavar="{train,eval,solve,ablate,plot,data}", parser_class=_Parser)
 
     train = commands.add_parser("train", help="train a model (resumable)")
