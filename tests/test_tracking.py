@@ -123,10 +123,13 @@ def wandb_offline(tmp_path, monkeypatch):
 
 
 def test_wandb_offline_gets_every_record_and_a_resumed_run_continues_it(data_dir, tmp_path, wandb_offline):
+    import wandb
+
     run_dir = tmp_path / "run"
     train_tiny(data_dir, run_dir, 4, "tracking.library=wandb", "tracking.project=trm-test")
     run_id = json.loads((run_dir / tracking.STATE_FILE).read_text())["wandb_run_id"]
     train_tiny(data_dir, run_dir, 6, resume=True)
+    wandb.teardown()  # W&B's service process writes the run files asynchronously: wait until it has
 
     run_files = sorted(wandb_offline.glob("wandb/offline-run-*/run-*.wandb"), key=lambda p: p.stat().st_mtime)
     assert [path.name for path in run_files] == [f"run-{run_id}.wandb"] * 2  # one W&B run, two sessions
@@ -161,7 +164,7 @@ def test_wandb_refusing_to_start_is_one_line(tmp_path, wandb_offline, monkeypatc
     monkeypatch.setattr(wandb, "init", refuse)
     tracker = tracking.open_tracker(config_lib.TrackingSettings(library="wandb"), tmp_path / "run", {})
     with pytest.raises(tracking.TrackingError) as raised:
-        tracker.log({"step": 1, "train/loss": 0.5})
+        tracker.start(0)
     message = str(raised.value)
     assert "\n" not in message and "api_key not configured" in message and "WANDB_MODE=offline" in message
 
@@ -184,6 +187,7 @@ def test_no_tracking_by_default_writes_nothing(tmp_path):
     settings = config_lib.preset("maze-cpu").tracking
     assert settings.library == "none"
     tracker = tracking.open_tracker(settings, tmp_path, {})
+    tracker.start(0)
     tracker.log({"step": 1, "train/loss": 0.5})
     tracker.close()
     assert list(tmp_path.iterdir()) == []

@@ -2,7 +2,8 @@
 Weights & Biases, with the same keys and step (config group `tracking`, off by default).
 
     tracker = open_tracker(cfg.tracking, run_dir, config_lib.to_dict(cfg))  # no package: TrackingError now
-    tracker.log({"step": 20, "train/lm_loss": 0.52, ...})  # the first record starts the tracking run
+    tracker.start(step)  # training starts (or resumes) after `step`
+    tracker.log({"step": 20, "train/lm_loss": 0.52, ...})
     tracker.close()
 
 TensorBoard: event files in <run dir>/tensorboard (`tensorboard --logdir runs`); a resumed run drops
@@ -49,8 +50,12 @@ def numbers(record: dict) -> dict[str, float]:
 class Tracker:
     """No tracking: tracking.library=none, and every process but the first of a distributed run."""
 
+    def start(self, step: int) -> None:
+        """Start the tracking run; training continues after `step` (0: a new run). TrackingError
+        when the library refuses."""
+
     def log(self, record: dict) -> None:
-        """Send one metrics.jsonl record ({"step": int, key: value, ...})."""
+        """Send one metrics.jsonl record ({"step": int, key: value, ...}) after start()."""
 
     def close(self) -> None:
         """Finish the tracking run (idempotent)."""
@@ -63,17 +68,17 @@ class TensorBoardTracker(Tracker):
         self.config = config
         self.writer = None
 
-    def log(self, record: dict) -> None:
-        step = record["step"]
-        if self.writer is None:
-            from torch.utils.tensorboard import SummaryWriter
+    def start(self, step: int) -> None:
+        from torch.utils.tensorboard import SummaryWriter
 
-            # purge_step: events an interrupted run logged at or after this step are replaced by the
-            # resumed run's, as TensorBoard otherwise draws both.
-            self.writer = SummaryWriter(str(self.log_dir), purge_step=step)
-            self.writer.add_text("config", "```\n" + json.dumps(self.config, indent=2) + "\n```", global_step=step)
+        # purge_step: the events an interrupted run logged after its checkpoint are dropped (the
+        # resumed run logs those steps again); TensorBoard would otherwise draw both.
+        self.writer = SummaryWriter(str(self.log_dir), purge_step=step + 1)
+        self.writer.add_text("config", "```\n" + json.dumps(self.config, indent=2) + "\n```", global_step=step)
+
+    def log(self, record: dict) -> None:
         for key, value in numbers(record).items():
-            self.writer.add_scalar(key, value, global_step=step)
+            self.writer.add_scalar(key, value, global_step=record["step"])
 
     def close(self) -> None:
         if self.writer is not None:
@@ -89,12 +94,7 @@ class WandbTracker(Tracker):
         self.config = config
         self.run = None
 
-    def log(self, record: dict) -> None:
-        if self.run is None:
-            self.run = self._start()
-        self.run.log({key: value for key, value in record.items() if key != "step"}, step=record["step"])
-
-    def _start(self):
+    def start(self, step: int) -> None:
         state_path = self.run_dir / STATE_FILE
         saved = json.loads(state_path.read_text()) if state_path.is_file() else {}
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -111,9 +111,11 @@ class WandbTracker(Tracker):
             first_line = (str(error).splitlines() or [type(error).__name__])[0][:300]
             raise TrackingError(f"wandb could not start a run ({first_line}); log in with `wandb login` "
                                 "or train offline with WANDB_MODE=offline") from None
-        state_path.write_text(json.dumps({"library": "wandb", "wandb_run_id": run.id,
-                                          "project": self.settings.project}) + "\n")
-        return run
+        state_path.write_text(json.dumps({"wandb_run_id": run.id}) + "\n")
+        self.run = run
+
+    def log(self, record: dict) -> None:
+        self.run.log({key: value for key, value in record.items() if key != "step"}, step=record["step"])
 
     def close(self) -> None:
         if self.run is not None:
@@ -123,8 +125,7 @@ class WandbTracker(Tracker):
 
 def open_tracker(settings: TrackingSettings, run_dir: str | os.PathLike, config: dict) -> Tracker:
     """The tracker `settings.library` names, for a run in `run_dir` with this training config (a
-    dict, logged once). Checks that the library is installed; the tracking run starts with the
-    first record."""
+    dict, logged at start). Checks now that the library is installed."""
     run_dir = Path(run_dir)
     if settings.library == "tensorboard":
         return TensorBoardTracker(run_dir, config)

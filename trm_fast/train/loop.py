@@ -306,6 +306,7 @@ class Trainer:
         if ctx.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             config_lib.save_json(cfg, self.run_dir / "config.json")
+            self.tracker.start(self.step)
         dist_lib.barrier(ctx)
 
         end_step = self.total_steps
