@@ -230,7 +230,7 @@ def cmd_solve(args) -> int:
         figure = plots.solve_figure(
             example["inputs"], [answer for answer, _ in answers], [q for _, q in answers], labels,
             vocab_size=source.metadata.vocab_size, ignore_index=IGNORE_INDEX,
-            title=f"{source.name}, example {args.index} - {description}",
+            title=plots.solve_title(source.name, args.index, args.checkpoint),
             sudoku=source.geometry if source.kind == "sudoku" else None)
         print(f"wrote {plots.save_figure(figure, args.image)}")
     return 0

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import textwrap
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -42,8 +43,14 @@ class PlotError(ConfigError):
     """A picture that cannot be made as asked (bad output path or input); one line."""
 
 
-def new_figure(width: float, height: float) -> Figure:
-    figure = Figure(figsize=(width, height), dpi=110)
+# Figures meant for the README are at most README_WIDTH inches at README_DPI: 800 pixels, the width
+# GitHub shows them at, so they are not scaled down (and their text stays readable).
+README_WIDTH = 8.0
+README_DPI = 100
+
+
+def new_figure(width: float, height: float, dpi: int = 110) -> Figure:
+    figure = Figure(figsize=(width, height), dpi=dpi)
     FigureCanvasAgg(figure)
     return figure
 
@@ -212,6 +219,31 @@ def _as_grid(tokens, shape: tuple[int, int], fill: int) -> np.ndarray:
     return flat.reshape(shape)
 
 
+def solve_title(data_path: str | os.PathLike, index: int, checkpoint: str | os.PathLike) -> str:
+    """A short title for solve_figure: "<data folder>/test, example 3 - <run>/step_00005000.pt",
+    without the directories above the data folder and the run (a run directory: its newest
+    checkpoint)."""
+    from trm_fast.train.checkpoint import latest_checkpoint
+
+    checkpoint = Path(checkpoint)
+    if checkpoint.is_dir():
+        checkpoint = latest_checkpoint(checkpoint) or checkpoint
+    return f"{_short_name(Path(data_path))}, example {index} - {_short_name(checkpoint)}"
+
+
+def _short_name(path: Path) -> str:
+    """"folder/name": the name and the folder it is in (above a `checkpoints` folder, the run's)."""
+    folder = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    return f"{folder.name}/{path.name}" if folder.name else path.name
+
+
+def _min_panel_inches(side: int, kind: str) -> float:
+    """The smallest panel that keeps one grid readable: cells of at least 0.045 in (4.5 px) in colour,
+    0.17 in for Sudoku digits, 0.14 in for written token ids (small grids)."""
+    per_cell = {"maze": 0.045, "sudoku": 0.17, "tokens": 0.14 if side <= 16 else 0.045}[kind]
+    return max(1.1, side * per_cell)
+
+
 def solve_figure(
     question,
     answers: Sequence,
@@ -220,16 +252,15 @@ def solve_figure(
     vocab_size: int,
     ignore_index: int = -100,
     title: Optional[str] = None,
-    columns: int = 10,
     sudoku=None,
 ) -> Figure:
-    """The question, the model's answer after each supervision step, and the expected answer, as a
-    strip of panels. Mazes (vocabulary 6 on a square grid) are drawn in colour (walls, open cells, S,
-    G, path); Sudoku (`sudoku`: the grid's trm_fast.data.sudoku.Geometry) as digits in a grid with
-    its boxes (givens black, the model's digits blue, wrong ones red on red); other data as a grid of
-    token ids. Wrong cells are crossed out in red (Sudoku: shaded); each step's title gives its q_halt
-    (the model halts at the first step with q_halt > 0: that panel is framed) and whether the answer
-    is solved."""
+    """The question, the model's answer after each supervision step, and the expected answer, as
+    panels in rows at most README_WIDTH wide (a long run wraps into more rows). Mazes (vocabulary
+    6 on a square grid) are drawn in colour (walls, open cells, S, G, path); Sudoku (`sudoku`: the
+    grid's trm_fast.data.sudoku.Geometry) as digits in a grid with its boxes (givens black, the
+    model's digits blue, wrong ones red on red); other data as a grid of token ids. Wrong cells are
+    crossed out in red (Sudoku: shaded); each step's title gives its q_halt (the model halts at the
+    first step with q_halt > 0: that panel is framed) and whether the answer is solved."""
     from trm_fast.data.maze import VOCAB_SIZE as MAZE_VOCAB_SIZE
 
     question = np.asarray(question).reshape(-1)
@@ -238,6 +269,7 @@ def solve_figure(
     if sudoku is not None and sudoku.cells != question.size:
         raise PlotError(f"a {sudoku} Sudoku has {sudoku.cells} cells, the question {question.size}")
     is_maze = sudoku is None and vocab_size == MAZE_VOCAB_SIZE and shape[0] == shape[1]
+    kind = "sudoku" if sudoku is not None else "maze" if is_maze else "tokens"
     labelled = labels != ignore_index
     expected = np.where(labelled, labels, question)
     panels = [("question", question, None)]
@@ -248,17 +280,31 @@ def solve_figure(
         panels.append((index, answer, wrong))
     panels.append(("expected", expected, None))
 
-    rows = math.ceil(len(panels) / max(1, columns))
-    columns = math.ceil(len(panels) / rows)  # balanced rows of at most `columns` panels
-    cell = 2.0 if max(shape) <= 12 else 2.8
-    figure = new_figure(cell * columns + 0.2, (cell + 0.6) * rows + 0.8)
-    axes_grid = np.atleast_1d(figure.subplots(rows, columns, squeeze=False)).reshape(-1)
+    # As many columns as fit README_WIDTH at the grid's smallest readable panel, then balanced rows.
+    gap = 0.12  # inches between panels
+    fit = max(1, int(README_WIDTH // (_min_panel_inches(max(shape), kind) + gap)))
+    rows = math.ceil(len(panels) / min(fit, len(panels)))
+    columns = math.ceil(len(panels) / rows)
+    panel = min(2.0, README_WIDTH / columns - gap)  # inches; a short run is not blown up
+    width = columns * (panel + gap)
+    title_lines = textwrap.wrap(title, width=int(width * 13), break_on_hyphens=False) if title else []
+    heading = 0.1 + 0.2 * len(title_lines)
+    panel_titles, legend = 0.4, (0.35 if is_maze else 0.05)  # inches above each panel, below the panels
+    height = heading + rows * (panel_titles + panel) + legend
+    figure = new_figure(width, height, dpi=README_DPI)
+    axes_grid = []
+    for index in range(len(panels)):
+        row, column = divmod(index, columns)
+        bottom = height - heading - (row + 1) * (panel_titles + panel)
+        axes_grid.append(figure.add_axes(((column * (panel + gap) + gap / 2) / width, bottom / height,
+                                          panel / width, panel / height)))
     if is_maze:
         colour_map = ListedColormap(MAZE_COLOURS)
         limits = dict(vmin=-0.5, vmax=len(MAZE_COLOURS) - 0.5)
     else:
         colour_map = ListedColormap([tuple(c) for c in _token_colours(vocab_size)])
         limits = dict(vmin=-0.5, vmax=vocab_size - 0.5)
+    cell_points = panel * 72 / max(shape)  # a grid cell's size in points
     for axes, (name, tokens, wrong) in zip(axes_grid, panels):
         if sudoku is not None:
             _draw_sudoku(axes, tokens, question, wrong, sudoku)
@@ -276,27 +322,25 @@ def solve_figure(
         wrong_grid = _as_grid(wrong.astype(np.int64), shape, 0).astype(bool)
         rows_wrong, cols_wrong = np.nonzero(wrong_grid)
         if rows_wrong.size and sudoku is None:
-            axes.scatter(cols_wrong, rows_wrong, marker="x", s=max(12, 900 / max(shape)), color="red",
-                         linewidths=1.5, label="wrong")
+            axes.scatter(cols_wrong, rows_wrong, marker="x", s=(0.8 * cell_points) ** 2, color="red",
+                         linewidths=min(1.5, max(0.6, cell_points / 6)), label="wrong")
         solved = not bool(wrong.any())
         count = int(wrong.sum())
         status = "solved" if solved else f"wrong ({count} cell{'' if count == 1 else 's'})"
         halts = " - halts" if name == halt_step else ""
-        axes.set_title(f"step {name + 1}: q_halt {q_halts[name]:+.2f}{halts}\n{status}", fontsize=8.5,
+        axes.set_title(f"step {name + 1}: q_halt {q_halts[name]:+.2f}\n{status}{halts}", fontsize=8,
                        color="darkgreen" if solved else "firebrick")
         if name == halt_step:
             for spine in axes.spines.values():
                 spine.set_edgecolor("black")
                 spine.set_linewidth(2.5)
-    for axes in axes_grid[len(panels):]:
-        axes.axis("off")
     if is_maze:
         handles = [Patch(facecolor=c, edgecolor="gray", label=n) for c, n in zip(MAZE_COLOURS[1:], MAZE_NAMES[1:])]
         handles.append(Line2D([], [], marker="x", color="red", linestyle="", label="wrong cell"))
-        figure.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
-    if title:
-        figure.suptitle(title, fontsize=9)
-    figure.tight_layout(rect=(0, 0.06 if is_maze else 0, 1, 0.95 if title else 1))
+        figure.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False,
+                      handlelength=1.2, columnspacing=1.0)
+    if title_lines:
+        figure.suptitle("\n".join(title_lines), fontsize=9, y=1 - 0.06 / height, va="top")
     return figure
 
 
