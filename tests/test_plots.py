@@ -157,3 +157,37 @@ def test_solve_title_names_the_data_folder_and_the_run_only(tmp_path):
     assert plots.solve_title("mazes.csv", 0, run / "checkpoints" / "step_00000002.pt") == \
         "mazes.csv, example 0 - maze-cpu-20261128/step_00000002.pt"
     assert plots.solve_title(tmp_path / "csv" / "mazes.csv", 1, "step_50000") == "csv/mazes.csv, example 1 - step_50000"
+
+
+def test_ablation_figure_of_the_committed_study_hides_no_curve_and_names_its_data():
+    """docs/ablation: no-ema's training loss equals the baseline's (EMA does not touch training);
+    the baseline must still show, the ticks must be readable, the title must say the data."""
+    report = json.loads((Path(__file__).resolve().parents[1] / "docs" / "ablation" / "ablation.json").read_text())
+    assert report["settings"]["base"]["maze"]["style"] == "corridors" and report["settings"]["base"]["maze"]["size"] == 6
+    figure = plots.ablation_figure(report)
+    width, _height = figure.get_size_inches() * figure.dpi
+    assert width <= plots.README_WIDTH * plots.README_DPI
+    title = figure._suptitle.get_text()
+    assert "600 steps per variant" in title and "trained on 6x6 corridor-style mazes (2,000 train / 500 test" in title
+
+    loss_axes, exact_axes = figure.axes
+    baseline, no_ema = loss_axes.get_lines()[:2]
+    assert list(baseline.get_ydata()) == list(no_ema.get_ydata())
+    assert baseline.get_zorder() < no_ema.get_zorder() and baseline.get_linewidth() >= 2 * no_ema.get_linewidth()
+    assert "training loss = baseline's" in no_ema.get_label()
+    held_out = exact_axes.get_lines()  # each drawn over the one before, thinner, so every one shows
+    assert all(a.get_zorder() < b.get_zorder() and a.get_linewidth() > b.get_linewidth() and
+               a.get_markersize() > b.get_markersize() for a, b in zip(held_out, held_out[1:]))
+    assert len({line.get_marker() for line in held_out}) == len(held_out)
+
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    for axes in figure.axes:
+        for axis in (axes.xaxis, axes.yaxis):
+            low, high = sorted(axis.get_view_interval())
+            labels = [tick.label1 for tick in axis.get_major_ticks() + axis.get_minor_ticks()
+                      if low <= tick.get_loc() <= high and tick.label1.get_visible() and tick.label1.get_text()]
+            assert 3 <= len(labels) <= 8, [label.get_text() for label in labels]
+            assert all(label.get_fontsize() >= 8 for label in labels)
+            boxes = [label.get_window_extent(renderer) for label in labels]
+            assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])

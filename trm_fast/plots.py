@@ -23,7 +23,7 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
-from matplotlib.ticker import FormatStrFormatter, NullFormatter
+from matplotlib.ticker import FormatStrFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from trm_fast.config import ConfigError
 
@@ -108,43 +108,68 @@ def _mean_curve(runs: list[dict], curve: str, key: str) -> tuple[np.ndarray, np.
     return np.asarray(steps, dtype=float), mean, std
 
 
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+
+
 def ablation_figure(report: dict) -> Figure:
     """Panel 1: training LM loss against step (the tutorial's figure); panel 2: held-out exact
     accuracy against step. One line per variant per panel (the mean over seeds, with a +-1 standard
-    deviation band when there are several)."""
+    deviation band when there are several), README_WIDTH wide, the legend below, the training data
+    in the title. No curve hides another: each variant is drawn thinner than the one before it
+    (earlier ones show around later ones), with its own marker, and a loss curve equal to an
+    earlier one's (EMA does not change the training loss) is drawn thin on top of it and says so in
+    the legend."""
+    from trm_fast import config as config_lib
+    from trm_fast.study import data_summary
+
     variants = report["variants"]
     styles = variant_styles([v["name"] for v in variants])
-    figure = new_figure(13, 4.8)
+    figure = new_figure(README_WIDTH, 4.6, dpi=README_DPI)
     loss_axes, exact_axes = figure.subplots(1, 2)
     highest = 0.0
-    for variant in variants:
+    drawn_losses: list[tuple[str, np.ndarray, np.ndarray]] = []
+    widths = np.linspace(3.2, 1.6, len(variants)) if len(variants) > 1 else [2.0]
+    for order, variant in enumerate(variants):
         colour, linestyle = styles[variant["name"]]
         label = f"{variant['name']} ({variant['label']})" if variant.get("label") else variant["name"]
+        steps, loss, _ = _mean_curve(variant["runs"], "curves", "lm_loss")
+        same = next((name for name, s, l in drawn_losses if np.array_equal(s, steps) and np.allclose(l, loss)), None)
+        drawn_losses.append((variant["name"], steps, loss))
+        if same is not None and len(loss):
+            label += f"; training loss = {same}'s"
         for axes, curve, key, scale in ((loss_axes, "curves", "lm_loss", 1.0),
                                         (exact_axes, "heldout_curve", "exact_accuracy", 100.0)):
             steps, mean, std = _mean_curve(variant["runs"], curve, key)
-            marker = "o" if curve == "heldout_curve" else None
-            axes.plot(steps, mean * scale, color=colour, linestyle=linestyle, linewidth=1.8, marker=marker,
-                      markersize=4, label=label)
+            width = 1.2 if axes is loss_axes and same is not None else widths[order]
+            marker = dict(marker=_MARKERS[order % len(_MARKERS)], markersize=2.5 + 1.5 * width,
+                          markeredgewidth=0) if curve == "heldout_curve" else {}
+            axes.plot(steps, mean * scale, color=colour, linestyle=linestyle, linewidth=width, zorder=2 + order,
+                      label=label, **marker)
             if std is not None:
-                axes.fill_between(steps, (mean - std) * scale, (mean + std) * scale, color=colour, alpha=0.18,
+                axes.fill_between(steps, (mean - std) * scale, (mean + std) * scale, color=colour, alpha=0.15,
                                   linewidth=0)
             if axes is exact_axes and len(mean):
                 highest = max(highest, float(np.max(mean + (std if std is not None else 0.0))) * scale)
     seeds = len(report.get("seeds", [0]))
     band = f"; mean of {seeds} seeds, band +-1 std" if seeds > 1 else ""
-    loss_axes.set(xlabel="training step", ylabel="LM loss (training batches)", yscale="log",
-                  title="LM loss" + band)
+    loss_axes.set(xlabel="training step", ylabel="LM loss (training batches)", yscale="log", title="LM loss" + band)
     top = min(102.0, max(10.0, 1.15 * highest + 2))  # zoomed in while accuracies are low
-    exact_axes.set(xlabel="training step", ylabel="held-out exact accuracy (%)", ylim=(-top / 50, top),
-                   title="Held-out exact accuracy (last point: whole test split)")
+    exact_axes.set(xlabel="training step", ylabel="held-out exact accuracy (%)", ylim=(-top / 40, top),
+                   title="Held-out exact accuracy\n(last point: whole test split)")
+    exact_axes.yaxis.set_major_locator(MaxNLocator(nbins=6, steps=[1, 2, 5, 10]))
+    exact_axes.yaxis.set_major_formatter(FormatStrFormatter("%g"))
     for axes in (loss_axes, exact_axes):
         axes.grid(True, which="both", alpha=0.3)
+        axes.title.set_fontsize(10)
     _plain_log_labels(loss_axes)
-    loss_axes.legend(fontsize=8, loc="upper right")
-    figure.suptitle(f"TRM ablation: {report.get('budget', '')} per variant ({report['settings']['base'].get('preset') or 'custom'} base)",
-                    fontsize=11)
-    figure.tight_layout()
+    figure.legend(*loss_axes.get_legend_handles_labels(), loc="lower center", ncol=1, fontsize=8.5, frameon=False)
+    base = report["settings"]["base"]
+    data = data_summary(config_lib.from_dict(base))
+    figure.suptitle(f"TRM ablation: {report.get('budget', '')} per variant ({base.get('preset') or 'custom'} base)\n"
+                    f"trained on {data}", fontsize=10)
+    legend_inches = 0.2 + 0.17 * len(variants)
+    figure.set_size_inches(README_WIDTH, 4.2 + legend_inches)
+    figure.tight_layout(rect=(0, legend_inches / (4.2 + legend_inches), 1, 1))
     return figure
 
 
@@ -181,11 +206,14 @@ def runs_figure(runs: Sequence) -> Figure:
 
 
 def _plain_log_labels(axes) -> None:
-    """Log-scale y ticks as plain numbers (0.05, 0.1, 0.5, 1) rather than powers of ten."""
+    """Log-scale y ticks as plain numbers (0.2, 0.5, 1, 2) rather than powers of ten, few enough to
+    read: steps of 1-2-5 over about a decade, 1-3 over a few, powers of ten beyond."""
     low, high = axes.get_ylim()
-    axes.yaxis.set_major_formatter(FormatStrFormatter("%.3g"))
-    narrow = low > 0 and high / low < 20  # few decades: label the minor ticks too
-    axes.yaxis.set_minor_formatter(FormatStrFormatter("%.2g") if narrow else NullFormatter())
+    decades = math.log10(high / low) if low > 0 else math.inf
+    subs = (1.0, 2.0, 5.0) if decades <= 1.5 else (1.0, 3.0) if decades <= 3 else (1.0,)
+    axes.yaxis.set_major_locator(LogLocator(base=10, subs=subs))
+    axes.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+    axes.yaxis.set_minor_formatter(NullFormatter())
 
 
 def _unique_names(paths: Sequence[Path]) -> list[str]:
