@@ -141,7 +141,7 @@ def test_wandb_offline_gets_every_record_and_a_resumed_run_continues_it(data_dir
                 config = {item.key: json.loads(item.value_json) for item in record.run.config.update}
                 runs.append((record.run.run_id, record.run.project, record.run.display_name, config["global_batch_size"]))
             elif kind == "history":
-                # Keys with a '/' come split into nested_key parts.
+                # Keys with a '/' come in nested_key rather than key.
                 row = {item.key or "/".join(item.nested_key): json.loads(item.value_json)
                        for item in record.history.item}
                 rows.setdefault(record.history.step.num, {}).update(
@@ -153,6 +153,27 @@ def test_wandb_offline_gets_every_record_and_a_resumed_run_continues_it(data_dir
         expected.setdefault(record["step"], {}).update({k: v for k, v in record.items() if k != "step"})
     assert sorted(expected) == [2, 4, 6] and expected[6]["final"] is True
     assert rows == expected
+
+
+def test_wandb_files_go_into_the_run_directory_unless_wandb_dir_is_set(tmp_path, wandb_offline, monkeypatch):
+    import wandb
+
+    monkeypatch.delenv("WANDB_DIR")
+    run_dir = tmp_path / "run"
+    tracker = tracking.open_tracker(config_lib.TrackingSettings(library="wandb", run_name="mine"), run_dir, {"lr": 0.5})
+    tracker.start(0)
+    tracker.log({"step": 3, "train/loss": 0.25})
+    tracker.close()
+    wandb.teardown()
+    (run_file,) = run_dir.glob("wandb/offline-run-*/run-*.wandb")
+    records = list(wandb_records(run_file))
+    (run,) = [record.run for record in records if record.WhichOneof("record_type") == "run"]
+    assert run.display_name == "mine" and run.project == "trm-fast"
+    assert {item.key: json.loads(item.value_json) for item in run.config.update}["lr"] == 0.5
+    (history,) = [record.history for record in records if record.WhichOneof("record_type") == "history"]
+    assert history.step.num == 3
+    assert {"/".join(item.nested_key): json.loads(item.value_json) for item in history.item}["train/loss"] == 0.25
+    assert not list(wandb_offline.iterdir())
 
 
 def test_wandb_refusing_to_start_is_one_line(tmp_path, wandb_offline, monkeypatch):
