@@ -124,18 +124,20 @@ def ablation_figure(report: dict) -> Figure:
 
     variants = report["variants"]
     styles = variant_styles([v["name"] for v in variants])
-    figure = new_figure(README_WIDTH, 4.6, dpi=README_DPI)
+    plots_inches, legend_inches = 4.2, 0.2 + 0.17 * len(variants)  # the panels with titles; the legend below
+    figure = new_figure(README_WIDTH, plots_inches + legend_inches, dpi=README_DPI)
     loss_axes, exact_axes = figure.subplots(1, 2)
     highest = 0.0
-    drawn_losses: list[tuple[str, np.ndarray, np.ndarray]] = []
+    earlier_losses: list[tuple[str, np.ndarray, np.ndarray]] = []  # (name, steps, mean loss)
     widths = np.linspace(3.2, 1.6, len(variants)) if len(variants) > 1 else [2.0]
     for order, variant in enumerate(variants):
         colour, linestyle = styles[variant["name"]]
         label = f"{variant['name']} ({variant['label']})" if variant.get("label") else variant["name"]
         steps, loss, _ = _mean_curve(variant["runs"], "curves", "lm_loss")
-        same = next((name for name, s, l in drawn_losses if np.array_equal(s, steps) and np.allclose(l, loss)), None)
-        drawn_losses.append((variant["name"], steps, loss))
-        if same is not None and len(loss):
+        same = next((name for name, earlier_steps, earlier_loss in earlier_losses
+                     if len(loss) and np.array_equal(earlier_steps, steps) and np.allclose(earlier_loss, loss)), None)
+        earlier_losses.append((variant["name"], steps, loss))
+        if same is not None:
             label += f"; training loss = {same}'s"
         for axes, curve, key, scale in ((loss_axes, "curves", "lm_loss", 1.0),
                                         (exact_axes, "heldout_curve", "exact_accuracy", 100.0)):
@@ -167,9 +169,7 @@ def ablation_figure(report: dict) -> Figure:
     data = data_summary(config_lib.from_dict(base))
     figure.suptitle(f"TRM ablation: {report.get('budget', '')} per variant ({base.get('preset') or 'custom'} base)\n"
                     f"trained on {data}", fontsize=10)
-    legend_inches = 0.2 + 0.17 * len(variants)
-    figure.set_size_inches(README_WIDTH, 4.2 + legend_inches)
-    figure.tight_layout(rect=(0, legend_inches / (4.2 + legend_inches), 1, 1))
+    figure.tight_layout(rect=(0, legend_inches / (plots_inches + legend_inches), 1, 1))
     return figure
 
 
