@@ -111,7 +111,6 @@ def wandb_records(path):
 
 @pytest.fixture
 def wandb_offline(tmp_path, monkeypatch):
-    pytest.importorskip("wandb")
     wandb_dir = tmp_path / "wandb-files"
     wandb_dir.mkdir()
     monkeypatch.setenv("WANDB_MODE", "offline")
