@@ -36,3 +36,28 @@ def test_wheel_installs_kernels_only_inside_trm_fast(tmp_path):
     assert "trm_fast/study/runner.py" in names and "trm_fast/presets.py" in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "trm-fast = trm_fast.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert f"trm_fast-{wheel.name.split('-')[1]}.dist-info/licenses/LICENSE" in names
+
+
+def test_version_flag_prints_the_installed_version(capsys):
+    from importlib.metadata import version
+
+    import trm_fast
+    from trm_fast.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out == f"trm-fast {trm_fast.__version__}\n"
+    assert version("trm-fast") == trm_fast.__version__  # pyproject.toml reads it from trm_fast
+
+
+def test_license_file_is_the_license_pyproject_names():
+    pyproject = (REPO / "pyproject.toml").read_text()
+    assert re.search(r'^license = "Apache-2.0"$', pyproject, flags=re.M)
+    assert re.search(r'^license-files = \["LICENSE"\]$', pyproject, flags=re.M)
+    text = " ".join((REPO / "LICENSE").read_text().split())
+    assert text.startswith("Apache License Version 2.0, January 2004 http://www.apache.org/licenses/")
+    for section in ("1. Definitions.", "4. Redistribution.", "9. Accepting Warranty or Additional Liability.",
+                    "END OF TERMS AND CONDITIONS", "APPENDIX: How to apply the Apache License to your work."):
+        assert section in text

@@ -68,9 +68,11 @@ def test_solve_image_draws_every_supervision_step(tiny_run, tmp_path, capsys, mo
     titles = [axes.get_title() for axes in figure.axes if axes.get_title()]
     assert titles[0] == "question" and titles[-1] == "expected"
     assert [title.split(":")[0] for title in titles[1:-1]] == [f"step {index}" for index in range(1, steps + 1)]
-    pixels = read_png(out)  # the panels side by side: one row, wider than high
-    assert pixels.shape[1] > pixels.shape[0] > 100
+    pixels = read_png(out)
+    assert plots.README_WIDTH * plots.README_DPI >= pixels.shape[1] > pixels.shape[0] > 100
     assert pixels.shape[:2] == tuple(round(size * figure.dpi) for size in reversed(figure.get_size_inches()))
+    # tiny_run trained on <root>/data (its test split) into <root>/run: no directories above those
+    assert figure._suptitle.get_text() == "data/test, example 1 - run/step_00000004.pt"
 
 
 def test_solve_figure_panels_mark_wrong_cells_and_halting():
@@ -84,7 +86,7 @@ def test_solve_figure_panels_mark_wrong_cells_and_halting():
     titles = [axes.get_title() for axes in titled]
     assert titles[0] == "question" and titles[-1] == "expected" and len(titles) == 4
     assert "q_halt -1.50" in titles[1] and "wrong (2 cells)" in titles[1] and "halts" not in titles[1]
-    assert "q_halt +2.00 - halts" in titles[2] and "solved" in titles[2]
+    assert titles[2] == "step 2: q_halt +2.00\nsolved - halts"
     crosses = titled[1].collections[0].get_offsets()
     assert sorted(map(tuple, np.asarray(crosses).tolist())) == [(1.0, 2.0), (2.0, 2.0)]  # (column, row)
     assert not titled[2].collections
@@ -115,3 +117,83 @@ def test_plot_bad_arguments_give_one_line(tiny_run, tmp_path, capsys):
     one_error_line(capsys, "--out")
     assert main(["solve", "--checkpoint", str(tiny_run), "--image", str(tmp_path / "x.nope"), "--device", "cpu"]) == 2
     one_error_line(capsys, "unknown image type")
+
+
+def test_solve_figure_wraps_a_long_run_into_rows_that_fit_the_readme():
+    """16 supervision steps of a 30x30 maze: 18 square panels in rows no wider than README_WIDTH,
+    with no panel (nor its title) overlapping another."""
+    from trm_fast.data.maze import generate_mazes
+
+    inputs, labels = generate_mazes(1, size=30, style="random")
+    question, labels = inputs[0].astype(np.int64), labels[0].astype(np.int64)
+    path_cells = np.flatnonzero(labels == 5)
+    answers = []
+    for step in range(16):
+        answer = labels.copy()
+        answer[path_cells[: len(path_cells) * (15 - step) // 15]] = 2  # the path grows step by step
+        answers.append(answer)
+    figure = plots.solve_figure(question, answers, np.linspace(-3, 3, 16), labels, vocab_size=6,
+                                title="maze-30x30-hard-1k/test, example 3 - maze-paper-20261201/step_00052000.pt")
+    width, height = figure.get_size_inches() * figure.dpi
+    assert width <= plots.README_WIDTH * plots.README_DPI
+    panels = figure.axes
+    assert len(panels) == 18
+    assert [axes.get_title().split(":")[0] for axes in panels[1:-1]] == [f"step {k}" for k in range(1, 17)]
+    rows = sorted({round(axes.get_position().y0, 6) for axes in panels})
+    assert len(rows) >= 3  # wrapped, not one strip
+    renderer = figure.canvas.get_renderer()
+    boxes = [axes.get_tightbbox(renderer) for axes in panels]  # the grid and its title
+    for i, box in enumerate(boxes):
+        assert 0 <= box.x0 and box.x1 <= width and 0 <= box.y0 and box.y1 <= height
+        for other in boxes[i + 1:]:
+            assert not box.overlaps(other), (box, other)
+    sizes = {tuple(np.round(axes.get_window_extent(renderer).size)) for axes in panels}
+    assert len(sizes) == 1 and len(set(next(iter(sizes)))) == 1  # equal square panels
+    cell_pixels = next(iter(sizes))[0] / 30
+    assert cell_pixels >= 4  # a cell is still visible at README width
+
+
+def test_solve_title_names_the_data_folder_and_the_run_only(tmp_path):
+    run = tmp_path / "runs" / "maze-cpu-20261128"
+    (run / "checkpoints").mkdir(parents=True)
+    for step in (2, 4):
+        (run / "checkpoints" / f"step_{step:08d}.pt").write_bytes(b"")
+    data = tmp_path / "data" / "maze-6x6-seed0" / "test"
+    assert plots.solve_title(data, 3, run) == "maze-6x6-seed0/test, example 3 - maze-cpu-20261128/step_00000004.pt"
+    assert plots.solve_title("mazes.csv", 0, run / "checkpoints" / "step_00000002.pt") == \
+        "mazes.csv, example 0 - maze-cpu-20261128/step_00000002.pt"
+    assert plots.solve_title(tmp_path / "csv" / "mazes.csv", 1, "step_50000") == "csv/mazes.csv, example 1 - step_50000"
+
+
+def test_ablation_figure_of_the_committed_study_hides_no_curve_and_names_its_data():
+    """docs/ablation: no-ema's training loss equals the baseline's (EMA does not touch training);
+    the baseline must still show, the ticks must be readable, the title must say the data."""
+    report = json.loads((Path(__file__).resolve().parents[1] / "docs" / "ablation" / "ablation.json").read_text())
+    assert report["settings"]["base"]["maze"]["style"] == "corridors" and report["settings"]["base"]["maze"]["size"] == 6
+    figure = plots.ablation_figure(report)
+    width, _height = figure.get_size_inches() * figure.dpi
+    assert width <= plots.README_WIDTH * plots.README_DPI
+    title = figure._suptitle.get_text()
+    assert "600 steps per variant" in title and "trained on 6x6 corridor-style mazes (2,000 train / 500 test" in title
+
+    loss_axes, exact_axes = figure.axes
+    baseline, no_ema = loss_axes.get_lines()[:2]
+    assert list(baseline.get_ydata()) == list(no_ema.get_ydata())
+    assert baseline.get_zorder() < no_ema.get_zorder() and baseline.get_linewidth() >= 2 * no_ema.get_linewidth()
+    assert "training loss = baseline's" in no_ema.get_label()
+    held_out = exact_axes.get_lines()  # each drawn over the one before, thinner, so every one shows
+    assert all(a.get_zorder() < b.get_zorder() and a.get_linewidth() > b.get_linewidth() and
+               a.get_markersize() > b.get_markersize() for a, b in zip(held_out, held_out[1:]))
+    assert len({line.get_marker() for line in held_out}) == len(held_out)
+
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    for axes in figure.axes:
+        for axis in (axes.xaxis, axes.yaxis):
+            low, high = sorted(axis.get_view_interval())
+            labels = [tick.label1 for tick in axis.get_major_ticks() + axis.get_minor_ticks()
+                      if low <= tick.get_loc() <= high and tick.label1.get_visible() and tick.label1.get_text()]
+            assert 3 <= len(labels) <= 8, [label.get_text() for label in labels]
+            assert all(label.get_fontsize() >= 8 for label in labels)
+            boxes = [label.get_window_extent(renderer) for label in labels]
+            assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])

@@ -230,7 +230,7 @@ def cmd_solve(args) -> int:
         figure = plots.solve_figure(
             example["inputs"], [answer for answer, _ in answers], [q for _, q in answers], labels,
             vocab_size=source.metadata.vocab_size, ignore_index=IGNORE_INDEX,
-            title=f"{source.name}, example {args.index} - {description}",
+            title=plots.solve_title(source.name, args.index, args.checkpoint),
             sudoku=source.geometry if source.kind == "sudoku" else None)
         print(f"wrote {plots.save_figure(figure, args.image)}")
     return 0
@@ -323,9 +323,11 @@ def cmd_plot(args) -> int:
 
 
 def make_parser() -> argparse.ArgumentParser:
+    import trm_fast
     from trm_fast import config as config_lib
 
     parser = _Parser(prog=PROG, description="Train and run Tiny Recursive Models (TRM).")
+    parser.add_argument("--version", action="version", version=f"{PROG} {trm_fast.__version__}")
     commands = parser.add_subparsers(dest="command", metavar="{train,eval,solve,ablate,plot,data}", parser_class=_Parser)
 
     train = commands.add_parser("train", help="train a model (resumable)")

@@ -74,6 +74,15 @@ class SudokuSettings:
 
 
 @dataclass
+class TrackingSettings:
+    """Experiment tracking of every metrics.jsonl record (trm_fast.tracking; docs/tracking.md)."""
+
+    library: str = "none"  # none | tensorboard (event files in <run dir>/tensorboard) | wandb
+    project: str = "trm-fast"  # W&B project
+    run_name: Optional[str] = None  # W&B run name; none = the run directory's name
+
+
+@dataclass
 class TrainConfig:
     preset: str = ""
     # Data: "maze" or "sudoku" (built-in generators, cached under data_dir) or a reference-layout folder.
@@ -130,6 +139,7 @@ class TrainConfig:
     # it has been verified on hardware: see the GPU report in bench/results.
     cuda_graphs: bool = False
     num_threads: int = 0  # CPU threads for torch (0 = torch's default)
+    tracking: TrackingSettings = field(default_factory=TrackingSettings)
 
 
 CHOICES = {
@@ -140,6 +150,7 @@ CHOICES = {
     "model.pos_encodings": ("rope", "learned", "none"),
     "maze.style": ("corridors", "random"),
     "model.forward_dtype": ("float32", "bfloat16", "float16"),
+    "tracking.library": ("none", "tensorboard", "wandb"),
 }
 
 
@@ -291,6 +302,7 @@ def validate(cfg: TrainConfig) -> None:
         need(value is None or value >= 1, f"{name} must be >= 1 or none, got {value}")
     need(cfg.log_interval >= 1, f"log_interval must be >= 1, got {cfg.log_interval}")
     need(cfg.keep_checkpoints >= 1, f"keep_checkpoints must be >= 1, got {cfg.keep_checkpoints}")
+    need(cfg.tracking.project.strip() != "", "tracking.project must not be empty")
     model = cfg.model
     for name in ("hidden_size", "num_heads", "num_layers", "h_cycles", "l_cycles", "halt_max_steps"):
         need(getattr(model, name) >= 1, f"model.{name} must be >= 1, got {getattr(model, name)}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import textwrap
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -22,7 +23,7 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
-from matplotlib.ticker import FormatStrFormatter, NullFormatter
+from matplotlib.ticker import FormatStrFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from trm_fast.config import ConfigError
 
@@ -42,8 +43,14 @@ class PlotError(ConfigError):
     """A picture that cannot be made as asked (bad output path or input); one line."""
 
 
-def new_figure(width: float, height: float) -> Figure:
-    figure = Figure(figsize=(width, height), dpi=110)
+# Figures meant for the README are at most README_WIDTH inches at README_DPI: 800 pixels, the width
+# GitHub shows them at, so they are not scaled down (and their text stays readable).
+README_WIDTH = 8.0
+README_DPI = 100
+
+
+def new_figure(width: float, height: float, dpi: int = 110) -> Figure:
+    figure = Figure(figsize=(width, height), dpi=dpi)
     FigureCanvasAgg(figure)
     return figure
 
@@ -101,43 +108,68 @@ def _mean_curve(runs: list[dict], curve: str, key: str) -> tuple[np.ndarray, np.
     return np.asarray(steps, dtype=float), mean, std
 
 
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+
+
 def ablation_figure(report: dict) -> Figure:
     """Panel 1: training LM loss against step (the tutorial's figure); panel 2: held-out exact
     accuracy against step. One line per variant per panel (the mean over seeds, with a +-1 standard
-    deviation band when there are several)."""
+    deviation band when there are several), README_WIDTH wide, the legend below, the training data
+    in the title. No curve hides another: each variant is drawn thinner than the one before it
+    (earlier ones show around later ones), with its own marker, and a loss curve equal to an
+    earlier one's (EMA does not change the training loss) is drawn thin on top of it and says so in
+    the legend."""
+    from trm_fast import config as config_lib
+    from trm_fast.study import data_summary
+
     variants = report["variants"]
     styles = variant_styles([v["name"] for v in variants])
-    figure = new_figure(13, 4.8)
+    plots_inches, legend_inches = 4.2, 0.2 + 0.17 * len(variants)  # the panels with titles; the legend below
+    figure = new_figure(README_WIDTH, plots_inches + legend_inches, dpi=README_DPI)
     loss_axes, exact_axes = figure.subplots(1, 2)
     highest = 0.0
-    for variant in variants:
+    earlier_losses: list[tuple[str, np.ndarray, np.ndarray]] = []  # (name, steps, mean loss)
+    widths = np.linspace(3.2, 1.6, len(variants)) if len(variants) > 1 else [2.0]
+    for order, variant in enumerate(variants):
         colour, linestyle = styles[variant["name"]]
         label = f"{variant['name']} ({variant['label']})" if variant.get("label") else variant["name"]
+        steps, loss, _ = _mean_curve(variant["runs"], "curves", "lm_loss")
+        same = next((name for name, earlier_steps, earlier_loss in earlier_losses
+                     if len(loss) and np.array_equal(earlier_steps, steps) and np.allclose(earlier_loss, loss)), None)
+        earlier_losses.append((variant["name"], steps, loss))
+        if same is not None:
+            label += f"; training loss = {same}'s"
         for axes, curve, key, scale in ((loss_axes, "curves", "lm_loss", 1.0),
                                         (exact_axes, "heldout_curve", "exact_accuracy", 100.0)):
             steps, mean, std = _mean_curve(variant["runs"], curve, key)
-            marker = "o" if curve == "heldout_curve" else None
-            axes.plot(steps, mean * scale, color=colour, linestyle=linestyle, linewidth=1.8, marker=marker,
-                      markersize=4, label=label)
+            width = 1.2 if axes is loss_axes and same is not None else widths[order]
+            marker = dict(marker=_MARKERS[order % len(_MARKERS)], markersize=2.5 + 1.5 * width,
+                          markeredgewidth=0) if curve == "heldout_curve" else {}
+            axes.plot(steps, mean * scale, color=colour, linestyle=linestyle, linewidth=width, zorder=2 + order,
+                      label=label, **marker)
             if std is not None:
-                axes.fill_between(steps, (mean - std) * scale, (mean + std) * scale, color=colour, alpha=0.18,
+                axes.fill_between(steps, (mean - std) * scale, (mean + std) * scale, color=colour, alpha=0.15,
                                   linewidth=0)
             if axes is exact_axes and len(mean):
                 highest = max(highest, float(np.max(mean + (std if std is not None else 0.0))) * scale)
     seeds = len(report.get("seeds", [0]))
     band = f"; mean of {seeds} seeds, band +-1 std" if seeds > 1 else ""
-    loss_axes.set(xlabel="training step", ylabel="LM loss (training batches)", yscale="log",
-                  title="LM loss" + band)
+    loss_axes.set(xlabel="training step", ylabel="LM loss (training batches)", yscale="log", title="LM loss" + band)
     top = min(102.0, max(10.0, 1.15 * highest + 2))  # zoomed in while accuracies are low
-    exact_axes.set(xlabel="training step", ylabel="held-out exact accuracy (%)", ylim=(-top / 50, top),
-                   title="Held-out exact accuracy (last point: whole test split)")
+    exact_axes.set(xlabel="training step", ylabel="held-out exact accuracy (%)", ylim=(-top / 40, top),
+                   title="Held-out exact accuracy\n(last point: whole test split)")
+    exact_axes.yaxis.set_major_locator(MaxNLocator(nbins=6, steps=[1, 2, 5, 10]))
+    exact_axes.yaxis.set_major_formatter(FormatStrFormatter("%g"))
     for axes in (loss_axes, exact_axes):
         axes.grid(True, which="both", alpha=0.3)
+        axes.title.set_fontsize(10)
     _plain_log_labels(loss_axes)
-    loss_axes.legend(fontsize=8, loc="upper right")
-    figure.suptitle(f"TRM ablation: {report.get('budget', '')} per variant ({report['settings']['base'].get('preset') or 'custom'} base)",
-                    fontsize=11)
-    figure.tight_layout()
+    figure.legend(*loss_axes.get_legend_handles_labels(), loc="lower center", ncol=1, fontsize=8.5, frameon=False)
+    base = report["settings"]["base"]
+    data = data_summary(config_lib.from_dict(base))
+    figure.suptitle(f"TRM ablation: {report.get('budget', '')} per variant ({base.get('preset') or 'custom'} base)\n"
+                    f"trained on {data}", fontsize=10)
+    figure.tight_layout(rect=(0, legend_inches / (plots_inches + legend_inches), 1, 1))
     return figure
 
 
@@ -174,11 +206,14 @@ def runs_figure(runs: Sequence) -> Figure:
 
 
 def _plain_log_labels(axes) -> None:
-    """Log-scale y ticks as plain numbers (0.05, 0.1, 0.5, 1) rather than powers of ten."""
+    """Log-scale y ticks as plain numbers (0.2, 0.5, 1, 2) rather than powers of ten, few enough to
+    read: steps of 1-2-5 over about a decade, 1-3 over a few, powers of ten beyond."""
     low, high = axes.get_ylim()
-    axes.yaxis.set_major_formatter(FormatStrFormatter("%.3g"))
-    narrow = low > 0 and high / low < 20  # few decades: label the minor ticks too
-    axes.yaxis.set_minor_formatter(FormatStrFormatter("%.2g") if narrow else NullFormatter())
+    decades = math.log10(high / low) if low > 0 else math.inf
+    subs = (1.0, 2.0, 5.0) if decades <= 1.5 else (1.0, 3.0) if decades <= 3 else (1.0,)
+    axes.yaxis.set_major_locator(LogLocator(base=10, subs=subs))
+    axes.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+    axes.yaxis.set_minor_formatter(NullFormatter())
 
 
 def _unique_names(paths: Sequence[Path]) -> list[str]:
@@ -212,6 +247,31 @@ def _as_grid(tokens, shape: tuple[int, int], fill: int) -> np.ndarray:
     return flat.reshape(shape)
 
 
+def solve_title(data_path: str | os.PathLike, index: int, checkpoint: str | os.PathLike) -> str:
+    """A short title for solve_figure: "<data folder>/test, example 3 - <run>/step_00005000.pt",
+    without the directories above the data folder and the run (a run directory: its newest
+    checkpoint)."""
+    from trm_fast.train.checkpoint import latest_checkpoint
+
+    checkpoint = Path(checkpoint)
+    if checkpoint.is_dir():
+        checkpoint = latest_checkpoint(checkpoint) or checkpoint
+    return f"{_short_name(Path(data_path))}, example {index} - {_short_name(checkpoint)}"
+
+
+def _short_name(path: Path) -> str:
+    """"folder/name": the name and the folder it is in (above a `checkpoints` folder, the run's)."""
+    folder = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    return f"{folder.name}/{path.name}" if folder.name else path.name
+
+
+def _min_panel_inches(side: int, kind: str) -> float:
+    """The smallest panel that keeps one grid readable: cells of at least 0.045 in (4.5 px) in colour,
+    0.17 in for Sudoku digits, 0.14 in for written token ids (small grids)."""
+    per_cell = {"maze": 0.045, "sudoku": 0.17, "tokens": 0.14 if side <= 16 else 0.045}[kind]
+    return max(1.1, side * per_cell)
+
+
 def solve_figure(
     question,
     answers: Sequence,
@@ -220,16 +280,15 @@ def solve_figure(
     vocab_size: int,
     ignore_index: int = -100,
     title: Optional[str] = None,
-    columns: int = 10,
     sudoku=None,
 ) -> Figure:
-    """The question, the model's answer after each supervision step, and the expected answer, as a
-    strip of panels. Mazes (vocabulary 6 on a square grid) are drawn in colour (walls, open cells, S,
-    G, path); Sudoku (`sudoku`: the grid's trm_fast.data.sudoku.Geometry) as digits in a grid with
-    its boxes (givens black, the model's digits blue, wrong ones red on red); other data as a grid of
-    token ids. Wrong cells are crossed out in red (Sudoku: shaded); each step's title gives its q_halt
-    (the model halts at the first step with q_halt > 0: that panel is framed) and whether the answer
-    is solved."""
+    """The question, the model's answer after each supervision step, and the expected answer, as
+    panels in rows at most README_WIDTH wide (a long run wraps into more rows). Mazes (vocabulary
+    6 on a square grid) are drawn in colour (walls, open cells, S, G, path); Sudoku (`sudoku`: the
+    grid's trm_fast.data.sudoku.Geometry) as digits in a grid with its boxes (givens black, the
+    model's digits blue, wrong ones red on red); other data as a grid of token ids. Wrong cells are
+    crossed out in red (Sudoku: shaded); each step's title gives its q_halt (the model halts at the
+    first step with q_halt > 0: that panel is framed) and whether the answer is solved."""
     from trm_fast.data.maze import VOCAB_SIZE as MAZE_VOCAB_SIZE
 
     question = np.asarray(question).reshape(-1)
@@ -238,6 +297,7 @@ def solve_figure(
     if sudoku is not None and sudoku.cells != question.size:
         raise PlotError(f"a {sudoku} Sudoku has {sudoku.cells} cells, the question {question.size}")
     is_maze = sudoku is None and vocab_size == MAZE_VOCAB_SIZE and shape[0] == shape[1]
+    kind = "sudoku" if sudoku is not None else "maze" if is_maze else "tokens"
     labelled = labels != ignore_index
     expected = np.where(labelled, labels, question)
     panels = [("question", question, None)]
@@ -248,17 +308,31 @@ def solve_figure(
         panels.append((index, answer, wrong))
     panels.append(("expected", expected, None))
 
-    rows = math.ceil(len(panels) / max(1, columns))
-    columns = math.ceil(len(panels) / rows)  # balanced rows of at most `columns` panels
-    cell = 2.0 if max(shape) <= 12 else 2.8
-    figure = new_figure(cell * columns + 0.2, (cell + 0.6) * rows + 0.8)
-    axes_grid = np.atleast_1d(figure.subplots(rows, columns, squeeze=False)).reshape(-1)
+    # As many columns as fit README_WIDTH at the grid's smallest readable panel, then balanced rows.
+    gap = 0.12  # inches between panels
+    fit = max(1, int(README_WIDTH // (_min_panel_inches(max(shape), kind) + gap)))
+    rows = math.ceil(len(panels) / min(fit, len(panels)))
+    columns = math.ceil(len(panels) / rows)
+    panel = min(2.0, README_WIDTH / columns - gap)  # inches; a short run is not blown up
+    width = columns * (panel + gap)
+    title_lines = textwrap.wrap(title, width=int(width * 13), break_on_hyphens=False) if title else []
+    heading = 0.1 + 0.2 * len(title_lines)
+    panel_titles, legend = 0.4, (0.35 if is_maze else 0.05)  # inches above each panel, below the panels
+    height = heading + rows * (panel_titles + panel) + legend
+    figure = new_figure(width, height, dpi=README_DPI)
+    axes_grid = []
+    for index in range(len(panels)):
+        row, column = divmod(index, columns)
+        bottom = height - heading - (row + 1) * (panel_titles + panel)
+        axes_grid.append(figure.add_axes(((column * (panel + gap) + gap / 2) / width, bottom / height,
+                                          panel / width, panel / height)))
     if is_maze:
         colour_map = ListedColormap(MAZE_COLOURS)
         limits = dict(vmin=-0.5, vmax=len(MAZE_COLOURS) - 0.5)
     else:
         colour_map = ListedColormap([tuple(c) for c in _token_colours(vocab_size)])
         limits = dict(vmin=-0.5, vmax=vocab_size - 0.5)
+    cell_points = panel * 72 / max(shape)  # a grid cell's size in points
     for axes, (name, tokens, wrong) in zip(axes_grid, panels):
         if sudoku is not None:
             _draw_sudoku(axes, tokens, question, wrong, sudoku)
@@ -276,27 +350,25 @@ def solve_figure(
         wrong_grid = _as_grid(wrong.astype(np.int64), shape, 0).astype(bool)
         rows_wrong, cols_wrong = np.nonzero(wrong_grid)
         if rows_wrong.size and sudoku is None:
-            axes.scatter(cols_wrong, rows_wrong, marker="x", s=max(12, 900 / max(shape)), color="red",
-                         linewidths=1.5, label="wrong")
+            axes.scatter(cols_wrong, rows_wrong, marker="x", s=(0.8 * cell_points) ** 2, color="red",
+                         linewidths=min(1.5, max(0.6, cell_points / 6)), label="wrong")
         solved = not bool(wrong.any())
         count = int(wrong.sum())
         status = "solved" if solved else f"wrong ({count} cell{'' if count == 1 else 's'})"
         halts = " - halts" if name == halt_step else ""
-        axes.set_title(f"step {name + 1}: q_halt {q_halts[name]:+.2f}{halts}\n{status}", fontsize=8.5,
+        axes.set_title(f"step {name + 1}: q_halt {q_halts[name]:+.2f}\n{status}{halts}", fontsize=8,
                        color="darkgreen" if solved else "firebrick")
         if name == halt_step:
             for spine in axes.spines.values():
                 spine.set_edgecolor("black")
                 spine.set_linewidth(2.5)
-    for axes in axes_grid[len(panels):]:
-        axes.axis("off")
     if is_maze:
         handles = [Patch(facecolor=c, edgecolor="gray", label=n) for c, n in zip(MAZE_COLOURS[1:], MAZE_NAMES[1:])]
         handles.append(Line2D([], [], marker="x", color="red", linestyle="", label="wrong cell"))
-        figure.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
-    if title:
-        figure.suptitle(title, fontsize=9)
-    figure.tight_layout(rect=(0, 0.06 if is_maze else 0, 1, 0.95 if title else 1))
+        figure.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False,
+                      handlelength=1.2, columnspacing=1.0)
+    if title_lines:
+        figure.suptitle("\n".join(title_lines), fontsize=9, y=1 - 0.06 / height, va="top")
     return figure
 
 

@@ -22,7 +22,7 @@ twice), so the table always equals the runs' files.
     report.py   the figures of the finished runs, the Markdown table and the three outputs
 """
 from trm_fast.presets import STUDY_OVERRIDES
-from trm_fast.study.report import (OUTPUT_NAMES, SCALARS, SHORT_NAMES, TABLE_COLUMNS, base_summary, build_report,
+from trm_fast.study.report import (OUTPUT_NAMES, SCALARS, SHORT_NAMES, TABLE_COLUMNS, base_summary, build_report, data_summary,
                                    differing_fields, held_out_text, markdown_report, markdown_table, mean_and_std,
                                    summarise_run, variant_costs, variant_label, write_outputs)
 from trm_fast.study.runner import StudyResult, run_state, run_study
@@ -32,7 +32,7 @@ from trm_fast.study.spec import (DEFAULT_VARIANT_NAMES, DEFAULT_VARIANTS, FORMAT
 from trm_fast.train.run_directory import RunRecords, load_run, load_runs
 
 __all__ = [
-    "STUDY_OVERRIDES", "OUTPUT_NAMES", "SCALARS", "SHORT_NAMES", "TABLE_COLUMNS", "base_summary", "build_report",
+    "STUDY_OVERRIDES", "OUTPUT_NAMES", "SCALARS", "SHORT_NAMES", "TABLE_COLUMNS", "base_summary", "build_report", "data_summary",
     "differing_fields", "held_out_text", "markdown_report", "markdown_table", "mean_and_std", "summarise_run",
     "variant_costs", "variant_label", "write_outputs", "StudyResult", "run_state", "run_study",
     "DEFAULT_VARIANT_NAMES", "DEFAULT_VARIANTS", "FORMAT", "STUDY_FILE", "SUDOKU_VARIANTS", "VERSION", "RunSpec",

@@ -191,23 +191,26 @@ def build_report(study: Study) -> dict:
 
 def base_summary(cfg: TrainConfig) -> str:
     model = cfg.model
-    if cfg.dataset == "maze":
-        maze = cfg.maze
-        style = "corridor-style" if maze.style == "corridors" else f"random-wall ({maze.wall_share_min:g}-{maze.wall_share_max:g})"
-        data = (f"{maze.size}x{maze.size} {style} mazes ({maze.num_train:,} train / {maze.num_test:,} test, "
-                f"generator seed {maze.seed})")
-    elif cfg.dataset == "sudoku":
-        sudoku = cfg.sudoku
-        data = (f"{sudoku.size}x{sudoku.size} Sudoku ({sudoku.num_train:,} train x {1 + sudoku.num_aug} with augmentation "
-                f"/ {sudoku.num_test:,} test, min rating {sudoku.min_rating}, generator seed {sudoku.seed})")
-    else:
-        data = f"dataset {cfg.dataset}"
     schedule = (f"lr {cfg.lr:g} (warm-up {cfg.lr_warmup_steps}, cosine to {cfg.lr * cfg.lr_min_ratio:g})"
                 if cfg.lr_min_ratio < 1 else f"lr {cfg.lr:g} (warm-up {cfg.lr_warmup_steps}, then constant)")
-    return (f"preset {cfg.preset or '-'}: {data}; width {model.hidden_size}, {model.num_heads} heads, "
+    return (f"preset {cfg.preset or '-'}: {data_summary(cfg)}; width {model.hidden_size}, {model.num_heads} heads, "
             f"at most {model.halt_max_steps} supervision steps; batch {cfg.global_batch_size}; {schedule}, "
             f"weight decay {cfg.weight_decay:g}, EMA rate {cfg.ema_rate:g} (where EMA is on); {budget_text(cfg)} per run; "
             f"{cfg.loss_type} loss; seed {cfg.seed}")
+
+
+def data_summary(cfg: TrainConfig) -> str:
+    """What the runs train on, e.g. "6x6 corridor-style mazes (2,000 train / 500 test, generator seed 0)"."""
+    if cfg.dataset == "maze":
+        maze = cfg.maze
+        style = "corridor-style" if maze.style == "corridors" else f"random-wall ({maze.wall_share_min:g}-{maze.wall_share_max:g})"
+        return (f"{maze.size}x{maze.size} {style} mazes ({maze.num_train:,} train / {maze.num_test:,} test, "
+                f"generator seed {maze.seed})")
+    if cfg.dataset == "sudoku":
+        sudoku = cfg.sudoku
+        return (f"{sudoku.size}x{sudoku.size} Sudoku ({sudoku.num_train:,} train x {1 + sudoku.num_aug} with augmentation "
+                f"/ {sudoku.num_test:,} test, min rating {sudoku.min_rating}, generator seed {sudoku.seed})")
+    return f"dataset {cfg.dataset}"
 
 
 def held_out_text(cfg: TrainConfig) -> str:

@@ -28,6 +28,7 @@ from trm_fast import config as config_lib
 from trm_fast.config import ConfigError, TrainConfig
 from trm_fast import flops as flops_lib
 from trm_fast import memory as memory_lib
+from trm_fast import tracking
 from trm_fast.cuda_graphs import GraphedStep
 from trm_fast.model import TRM, FastTRM, TRMConfig, make_model
 from trm_fast.train import distributed as dist_lib
@@ -100,6 +101,7 @@ class Trainer:
             name = f"{cfg.preset or 'run'}-{time.strftime('%Y%m%d-%H%M%S')}"
             run_dir = dist_lib.broadcast_object(str(Path("runs") / name), ctx)
         self.run_dir = Path(run_dir)
+        self.tracker = tracking.open_tracker(cfg.tracking, self.run_dir, config_lib.to_dict(cfg)) if ctx.is_main else tracking.Tracker()
         self.local_batch_size = local_batch_size(cfg, ctx.world_size)
 
         resume_path = run_directory.checkpoint_to_resume(self.run_dir) if resume else None
@@ -184,11 +186,14 @@ class Trainer:
     def _append_metrics(self, record: dict) -> None:
         if self.context.is_main:
             run_directory.append_metrics(self.run_dir, record)
+            self.tracker.log(record)
 
     def run(self) -> TrainResult:
         cfg, ctx = self.cfg, self.context
         if ctx.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
             run_directory.write_config(self.run_dir, cfg)
+            self.tracker.start(self.step)
         dist_lib.barrier(ctx)
 
         end_step = self.total_steps
@@ -321,6 +326,7 @@ class Trainer:
         )
 
     def close(self) -> None:
+        self.tracker.close()
         dist_lib.shutdown(self.context)
 
 
