@@ -208,7 +208,8 @@ def test_load_run_resolves_records_a_resumed_run_repeats(tmp_path):
     (["--variant", "a:lr=1", "--variant", "a:lr=2"], "variant 'a' is given twice"),
     (["--only", "baseline,nope"], "--only: unknown variant 'nope'"),
     (["--seeds", "0"], "--seeds must be >= 1"),
-    (["--max-steps", "5", "--max-minutes", "2"], "not allowed with argument"),
+    (["--max-steps", "0"], "--max-steps must be >= 1"),
+    (["--max-minutes", "0"], "--max-minutes must be > 0"),
     (["--set", "model.hiden_size=3"], "unknown config field 'model.hiden_size'"),
     (["--preset", "nope"], "invalid choice"),
 ])

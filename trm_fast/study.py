@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+from trm_fast import budget as budget_lib
 from trm_fast import config as config_lib
 from trm_fast.config import ConfigError, TrainConfig
 
@@ -199,23 +200,18 @@ def make_study(
     device: Optional[str] = None,
     backend: Optional[str] = None,
     cuda_available: Optional[bool] = None,
+    seed: Optional[int] = None,
 ) -> Study:
     """A study from `trm-fast ablate`'s arguments: the base config (study_base_config, then dataset /
-    data_dir / device / backend, `sets`, then the per-variant budget), the variants (the tutorial's
-    four, or the paper's Sudoku ablations for Sudoku data, unless `variants` are given) and K seeds
-    (base seed, +1, ...)."""
+    data_dir / device / backend / seed, `sets`, then the per-variant budget, which follows the rule of
+    trm_fast.budget as `train` does), the variants (the tutorial's four, or the paper's Sudoku
+    ablations for Sudoku data, unless `variants` are given) and K seeds (base seed, +1, ...)."""
     if cuda_available is None:
         import torch
 
         cuda_available = torch.cuda.is_available()
     if seeds < 1:
         raise StudyError(f"--seeds must be >= 1, got {seeds}")
-    if max_steps is not None and max_minutes is not None:
-        raise StudyError("give the budget per variant as --max-steps or --max-minutes, not both")
-    if max_steps is not None and max_steps < 1:
-        raise StudyError(f"--max-steps must be >= 1, got {max_steps}")
-    if max_minutes is not None and not max_minutes > 0:
-        raise StudyError(f"--max-minutes must be > 0, got {max_minutes}")
     kind = dataset
     if dataset is not None and dataset not in config_lib.BUILTIN_DATASETS:
         from trm_fast.train.data import folder_kind
@@ -230,11 +226,10 @@ def make_study(
         base.device = device
     if backend is not None:
         base.backend = backend
+    if seed is not None:
+        base.seed = seed
     config_lib.apply_overrides(base, list(sets or []))
-    if max_steps is not None:  # a deterministic budget: the schedule spans exactly these steps
-        base.max_steps, base.max_minutes = max_steps, None
-    if max_minutes is not None:  # wall clock per variant; the schedule keeps the base's length
-        base.max_minutes = max_minutes
+    budget_lib.apply_budget(base, max_steps, max_minutes)
     config_lib.validate(base)
 
     builtins = builtin_variants("sudoku" if base.dataset == "sudoku" or kind == "sudoku" else None)
@@ -528,7 +523,7 @@ def run_state(run: RunSpec) -> str:
 
 def _check_run_config(run: RunSpec) -> None:
     """A run directory must have been made for this run (same config, but for the per-invocation
-    max_minutes)."""
+    max_minutes and, in a run that fills its minutes, the measured max_steps)."""
     path = run.run_dir / "config.json"
     if not path.is_file():
         return
@@ -538,16 +533,20 @@ def _check_run_config(run: RunSpec) -> None:
         raise StudyError(f"{path}: cannot read ({error})") from None
     saved = _normalised_config(saved, str(path))
     wanted = config_lib.to_dict(run.config)
-    saved.pop("max_minutes", None)
-    wanted.pop("max_minutes", None)
+    for name in ("max_minutes", "max_steps") if budget_lib.fills_time(run.config) else ("max_minutes",):
+        saved.pop(name, None)
+        wanted.pop(name, None)
     difference = _first_difference(saved, wanted)
     if difference:
         raise StudyError(f"{run.run_dir} was trained with another config ({difference}); remove it to retrain")
 
 
 def _invocation_config(run: RunSpec, state: str) -> TrainConfig:
-    """The config of this invocation: with a time budget, a resumed run gets what is left of it."""
+    """The config of this invocation: with a time budget, a resumed run gets what is left of it, and
+    keeps the schedule length it measured (saved in its config.json)."""
     cfg = copy.deepcopy(run.config)
+    if state == "resume" and budget_lib.fills_time(cfg) and (run.run_dir / "config.json").is_file():
+        cfg.max_steps = config_lib.load_json(run.run_dir / "config.json").max_steps
     if state == "resume" and cfg.max_minutes is not None and (run.run_dir / "metrics.jsonl").is_file():
         try:
             spent = load_run(run.run_dir).train_seconds / 60
@@ -701,7 +700,7 @@ def run_study(
     if jobs < 1:
         raise StudyError(f"--jobs must be >= 1, got {jobs}")
     check_study_dir(study)
-    budget = _budget_text(study.base)
+    budget = budget_lib.describe(study.base)
     log(f"study {study.out}: {len(study.variants)} variant(s) x {len(study.seeds)} seed(s), {budget} per run, "
         f"base preset {study.base.preset or '-'}")
     plan = []
@@ -743,13 +742,6 @@ def _cost_estimate(cfg: TrainConfig) -> float:
     model = cfg.model
     calls = model.h_cycles - 1 + 3  # gradient-free cycles forward, the last one forward + backward
     return (cfg.max_steps or 1) * model.num_layers * (model.l_cycles + 1) * calls * cfg.global_batch_size
-
-
-def _budget_text(cfg: TrainConfig) -> str:
-    if cfg.max_minutes is not None:
-        steps = f", schedule {cfg.max_steps} steps" if cfg.max_steps is not None else ""
-        return f"{cfg.max_minutes:g} min{steps}"
-    return f"{cfg.max_steps} steps" if cfg.max_steps is not None else f"{cfg.epochs} epochs"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -824,7 +816,7 @@ def build_report(study: Study) -> dict:
         "format": FORMAT,
         "version": VERSION,
         "settings": study.settings(),
-        "budget": _budget_text(base),
+        "budget": budget_lib.describe(base),
         "seeds": list(study.seeds),
         "differing_fields": fields,
         "held_out": held_out_text(base),
@@ -851,7 +843,7 @@ def base_summary(cfg: TrainConfig) -> str:
                 if cfg.lr_min_ratio < 1 else f"lr {cfg.lr:g} (warm-up {cfg.lr_warmup_steps}, then constant)")
     return (f"preset {cfg.preset or '-'}: {data}; width {model.hidden_size}, {model.num_heads} heads, "
             f"at most {model.halt_max_steps} supervision steps; batch {cfg.global_batch_size}; {schedule}, "
-            f"weight decay {cfg.weight_decay:g}, EMA rate {cfg.ema_rate:g} (where EMA is on); {_budget_text(cfg)} per run; "
+            f"weight decay {cfg.weight_decay:g}, EMA rate {cfg.ema_rate:g} (where EMA is on); {budget_lib.describe(cfg)} per run; "
             f"{cfg.loss_type} loss; seed {cfg.seed}")
 
 
