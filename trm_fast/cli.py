@@ -145,11 +145,12 @@ def _print_gpu_estimate(cfg) -> None:
 
     from trm_fast import budget
     from trm_fast import config as config_lib
+    from trm_fast.train.data import folder_kind
     from trm_fast.train.distributed import pick_device
 
-    if pick_device(cfg.device).type != "cuda":
+    if pick_device(cfg.device).type != "cuda" or os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 says it
         return
-    kind = "sudoku" if cfg.dataset == "sudoku" or cfg.preset.startswith("sudoku") else "maze"
+    kind = "sudoku" if "sudoku" in (cfg.dataset, folder_kind(cfg.dataset)) else "maze"
     quick = f"trm-fast train --dataset {kind} --preset {config_lib.default_preset_name(False, kind)}"
     print(budget.gpu_run_notice(cfg, torch.cuda.get_device_name(), quick), flush=True)
 

@@ -86,7 +86,7 @@ def builtin_variants(dataset: Optional[str]) -> tuple[Variant, ...]:
 # project's 2-core machine (shared with other jobs), one run at a time: baseline 1.5 steps/s, no-ema
 # 1.4, less-recursion 4.0, bigger-brain 1.1, so ~26 min of training for the four plus ~4 min of
 # evaluations (100 test mazes every 100 steps, all 500 at the end). One thread because two threads
-# on a busy 2-core machine slow the small ops ~25x (README); two runs at a time (--jobs 2) ran each
+# on a busy 2-core machine slow the small ops ~25x (docs/presets.md); two runs at a time (--jobs 2) ran each
 # at half speed there, no faster in total, but help on a machine with idle cores. One thread per run
 # also keeps the numbers independent of --jobs.
 # maze-paper: the paper's model and data with a short schedule (not yet measured on a GPU; about
@@ -106,7 +106,7 @@ STUDY_OVERRIDES = {
         "checkpoint_interval=250", "log_interval=10",
     ),
     # The Sudoku study: the same budgets as the maze study's (not measured yet; sudoku-cpu's own model
-    # was at 73% exact on held-out puzzles after 1,000 steps, README *Sudoku*).
+    # was at 73% exact on held-out puzzles after 1,000 steps, docs/results.md).
     "sudoku-cpu": (
         "max_steps=600", "max_minutes=none", "lr_warmup_steps=100", "eval_interval=100", "eval_examples=100",
         "checkpoint_interval=100", "log_interval=10", "num_threads=1",
