@@ -571,7 +571,7 @@ def make_parser() -> argparse.ArgumentParser:
                              f"Sudoku: {', '.join(v.name for v in study_lib.SUDOKU_VARIANTS)}); "
                              "default: the built-in variants of the dataset")
     ablate.add_argument("--seeds", type=int, default=1, metavar="K", help="train every variant with K seeds")
-    ablate.add_argument("--jobs", type=int, default=1,
+    ablate.add_argument("--jobs", type=int, default=1, metavar="N",
                         help="runs trained at a time, each in its own process (more only with idle cores)")
     ablate.add_argument("--no-progress", action="store_true", help="no progress bar")
     ablate.set_defaults(handler=cmd_ablate)
@@ -626,7 +626,7 @@ def make_parser() -> argparse.ArgumentParser:
     convert.add_argument("--test", required=True, metavar="FILE.csv", help="test CSV file")
     convert.add_argument("--out", required=True, metavar="DIR", help="dataset folder to write")
     convert.add_argument("--augment", action="store_true", help="mazes: add the 8 dihedral images of every training maze")
-    convert.add_argument("--num-aug", type=int, default=0,
+    convert.add_argument("--num-aug", type=int, default=0, metavar="N",
                          help="Sudoku: augmented copies of every training puzzle (the reference's 1k-aug-1000 set: 1000)")
     convert.add_argument("--subsample", type=int, default=None, metavar="N",
                          help="Sudoku: train on N puzzles drawn at random (the reference's 1k set: 1000); default: all")
