@@ -13,7 +13,7 @@ import pytest
 from trm_fast.cli import UsageError, make_parser
 
 REPO = Path(__file__).resolve().parents[1]
-PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+PAGES = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
 RESULTS = REPO / "docs" / "results"
 
 
