@@ -192,7 +192,8 @@ def test_rerun_skips_finished_and_resumes_unfinished(tiny_study, tmp_path, capsy
     (["--variant", "a:lr=1", "--variant", "a:lr=2"], "variant 'a' is given twice"),
     (["--only", "baseline,nope"], "--only: unknown variant 'nope'"),
     (["--seeds", "0"], "--seeds must be >= 1"),
-    (["--max-steps", "5", "--max-minutes", "2"], "not allowed with argument"),
+    (["--max-steps", "0"], "--max-steps must be >= 1"),
+    (["--max-minutes", "0"], "--max-minutes must be > 0"),
     (["--set", "model.hiden_size=3"], "unknown config field 'model.hiden_size'"),
     (["--preset", "nope"], "invalid choice"),
 ])

@@ -112,12 +112,9 @@ def test_eval_on_a_sudoku_csv_matches_the_folder(trained_run, tmp_path, capsys):
 
 
 def test_a_sudoku_folder_as_dataset_also_picks_the_sudoku_preset(trained_run):
-    import argparse
+    from trm_fast.cli import build_train_config, make_parser
 
-    from trm_fast.cli import build_train_config
-
-    args = argparse.Namespace(run_dir=None, resume=False, preset=None, dataset=str(trained_run / "data"), data_dir=None,
-                              max_steps=None, max_minutes=None, device=None, backend=None, set=None)
+    args = make_parser().parse_args(["train", "--dataset", str(trained_run / "data")])
     cfg, _ = build_train_config(args)
     assert cfg.preset == config_lib.default_preset_name(torch.cuda.is_available(), "sudoku")
     args.dataset = "sudoku"

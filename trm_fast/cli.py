@@ -1,17 +1,21 @@
 """`trm-fast`: train, evaluate and inspect Tiny Recursive Models from the command line.
 
-    trm-fast train --dataset maze [--preset maze-cpu] [--run-dir runs/x] [--max-minutes 10] [--set lr=3e-4]
-    trm-fast eval  --checkpoint runs/x [--data data/maze-... | mazes.csv]
+    trm-fast train --dataset maze [--preset maze-cpu | --config FILE.json] [--max-minutes 10] [--set lr=3e-4]
+    trm-fast eval  --checkpoint runs/x [--dataset data/maze-... | mazes.csv]
     trm-fast solve --checkpoint runs/x [--index 3] [--steps] [--image solve.png]
     trm-fast ablate [--preset maze-cpu] [--out DIR] [--only a,b] [--variant NAME:field=value,...] [--seeds K]
-    trm-fast plot RUN_DIR [RUN_DIR ...] --out curves.png
+    trm-fast plot RUN_DIR [RUN_DIR ...] --image curves.png
     trm-fast data maze --out DIR [--style random] [--size 30] [--csv]
     trm-fast data sudoku --out DIR [--size 9|6|4] [--num-aug 1000] [--min-rating 10] [--csv]
+    trm-fast data convert --train train.csv --test test.csv --out DIR   # Maze-Hard / Sudoku-Extreme CSV
+    trm-fast presets
+    trm-fast config [--preset NAME] [--set FIELD=VALUE ...] [--json FILE.json]
 
-Argument parsing and printing only; the work is in trm_fast.train, trm_fast.study and trm_fast.plots.
-Expected failures (bad data, config, checkpoint) print one line `trm-fast: error: ...` on stderr and
-exit with status 2.
-Set TRM_FAST_DEBUG=1 to see the traceback instead.
+One vocabulary: --dataset names the data, --set FIELD=VALUE changes a config field, --out DIR is a
+directory the command writes, --image FILE.png a picture, --json FILE a JSON file, --seed a seed.
+Argument parsing and printing only; the work is in trm_fast.train, trm_fast.budget, trm_fast.study and
+trm_fast.plots. Expected failures (bad data, config, checkpoint) print one line `trm-fast: error: ...`
+on stderr and exit with status 2. Set TRM_FAST_DEBUG=1 to see the traceback instead.
 """
 from __future__ import annotations
 
@@ -29,8 +33,23 @@ class UsageError(Exception):
     """A command-line mistake (exit status 2)."""
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default, unless the help already says what happens without it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        shown = action.option_strings and not any(action.default is nothing for nothing in (None, False, argparse.SUPPRESS))
+        if shown and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse, but errors are the single line every other failure uses."""
+    """argparse, but errors are the single line every other failure uses, and help shows defaults."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):  # noqa: D401 - argparse API
         raise UsageError(message)
@@ -43,7 +62,22 @@ def _expected_errors() -> tuple[type, ...]:
 
 
 # ----------------------------------------------------------------------------------------------
-# train
+# train / config
+
+
+def budget_help() -> str:
+    """The rule of trm_fast.budget in the words of the command line (train, ablate and config --help)."""
+    from trm_fast import budget
+    from trm_fast import config as config_lib
+
+    return ("Length of training: --max-steps N makes the learning-rate schedule N steps long and stops there. "
+            "--max-minutes M without --max-steps fills M minutes: during the warm-up the trainer measures its step "
+            "rate, sets the schedule to the steps that fit (printed as 'schedule: N steps to fill M min' and saved "
+            "in config.json, so --max-steps N reruns it), and stops at M minutes at the latest. Both: N steps, at "
+            "most M minutes. Neither: the config's own length (maze-cpu: "
+            f"{budget.describe(config_lib.preset('maze-cpu'))}; maze-paper: "
+            f"{budget.describe(config_lib.preset('maze-paper'))}). A resumed run keeps its schedule; there "
+            "--max-minutes caps this invocation and --max-steps moves the end.")
 
 
 def _newest_run_with_checkpoint(root: Path) -> Optional[Path]:
@@ -55,51 +89,146 @@ def _newest_run_with_checkpoint(root: Path) -> Optional[Path]:
     return max(candidates, key=lambda d: latest_checkpoint(d).stat().st_mtime) if candidates else None
 
 
-def build_train_config(args) -> tuple[object, Optional[Path]]:
-    """The TrainConfig and run directory the `train` arguments describe."""
+def _starting_config(args):
+    """The config a new run starts from: --config FILE.json, --preset, or the default preset of the
+    data ("sudoku" or a Sudoku folder -> a Sudoku preset; the paper's with CUDA, the CPU one without)."""
     import torch
 
     from trm_fast import config as config_lib
     from trm_fast.train.data import folder_kind
 
-    run_dir = Path(args.run_dir) if args.run_dir else None
-    if args.resume and run_dir is None:
+    if args.config:
+        return config_lib.load_json(args.config)
+    kind = args.dataset if args.dataset in config_lib.BUILTIN_DATASETS else folder_kind(args.dataset)
+    return config_lib.preset(args.preset or config_lib.default_preset_name(torch.cuda.is_available(), kind))
+
+
+def build_train_config(args) -> tuple[object, Optional[Path]]:
+    """The TrainConfig and run directory the `train` (or `config`) arguments describe."""
+    from trm_fast import budget
+    from trm_fast import config as config_lib
+    from trm_fast.train import run_directory
+
+    resume = getattr(args, "resume", False)
+    run_dir = Path(args.run_dir) if getattr(args, "run_dir", None) else None
+    if resume and run_dir is None:
         run_dir = _newest_run_with_checkpoint(Path("runs"))
         if run_dir is None:
             raise UsageError("--resume without --run-dir: no run with a checkpoint under ./runs")
-    if args.resume and (run_dir / "config.json").is_file():
-        if args.preset:
-            raise UsageError("--preset cannot change a resumed run (its config.json is used); use --set")
-        cfg = config_lib.load_json(run_dir / "config.json")
+    if resume:
+        if args.preset or args.config:
+            raise UsageError("--preset/--config cannot change a resumed run (its config.json is used); use --set")
+        config_path = run_directory.config_path(run_dir)
+        if not config_path.is_file():
+            raise UsageError(f"--resume: {run_dir} has no {config_path.name}")
+        cfg = config_lib.load_json(config_path)
     else:
-        if args.resume:
-            raise UsageError(f"--resume: {run_dir} has no config.json")
-        # The default preset follows the data: "sudoku" or a Sudoku folder -> a Sudoku preset.
-        kind = args.dataset if args.dataset in config_lib.BUILTIN_DATASETS else folder_kind(args.dataset)
-        cfg = config_lib.preset(args.preset or config_lib.default_preset_name(torch.cuda.is_available(), kind))
+        cfg = _starting_config(args)
     if args.dataset is not None:
         cfg.dataset = args.dataset
-    if args.data_dir is not None:
-        cfg.data_dir = args.data_dir
-    if args.max_steps is not None:
-        cfg.max_steps = args.max_steps
-    if args.max_minutes is not None:
-        cfg.max_minutes = args.max_minutes
-    if args.device is not None:
-        cfg.device = args.device
-    if args.backend is not None:
-        cfg.backend = args.backend
+    for name in ("data_dir", "seed", "device", "backend"):
+        if getattr(args, name) is not None:
+            setattr(cfg, name, getattr(args, name))
     config_lib.apply_overrides(cfg, args.set or [])
+    if resume:  # the schedule was set when the run started
+        if args.max_steps is not None:
+            cfg.max_steps = args.max_steps
+        if args.max_minutes is not None:
+            cfg.max_minutes = args.max_minutes
+    else:
+        budget.apply_budget(cfg, args.max_steps, args.max_minutes)
+    config_lib.validate(cfg)
     return cfg, run_dir
+
+
+def _print_gpu_estimate(cfg) -> None:
+    """On a GPU, what the run is about to cost before it starts (a paper preset runs for many hours)."""
+    import torch
+
+    from trm_fast import budget
+    from trm_fast import config as config_lib
+    from trm_fast.train.data import folder_kind
+    from trm_fast.train.distributed import pick_device
+
+    if pick_device(cfg.device).type != "cuda" or os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 says it
+        return
+    kind = "sudoku" if "sudoku" in (cfg.dataset, folder_kind(cfg.dataset)) else "maze"
+    quick = f"trm-fast train --dataset {kind} --preset {config_lib.default_preset_name(False, kind)}"
+    print(budget.gpu_run_notice(cfg, torch.cuda.get_device_name(), quick), flush=True)
 
 
 def cmd_train(args) -> int:
     from trm_fast.train.loop import train
 
     cfg, run_dir = build_train_config(args)
+    if not args.resume:
+        _print_gpu_estimate(cfg)
     result = train(cfg, run_dir, resume=args.resume, progress=not args.no_progress)
     if result.stopped_by == "interrupt":
         return 130
+    return 0
+
+
+def config_lines(cfg) -> list[str]:
+    """Every config field as `field=value`, each a valid `--set` argument (dotted names for groups)."""
+    import dataclasses
+
+    def text(value) -> str:
+        if value is None:
+            return "none"
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        return str(value)
+
+    def flat(holder, prefix: str) -> list[str]:
+        lines = []
+        for field in dataclasses.fields(holder):
+            value = getattr(holder, field.name)
+            if dataclasses.is_dataclass(value):
+                lines += flat(value, f"{prefix}{field.name}.")
+            else:
+                lines.append(f"{prefix}{field.name}={text(value)}")
+        return lines
+
+    return flat(cfg, "")
+
+
+def cmd_config(args) -> int:
+    from trm_fast import config as config_lib
+
+    cfg, _ = build_train_config(args)
+    print("\n".join(config_lines(cfg)))
+    if args.json:
+        config_lib.save_json(cfg, args.json)
+        print(f"wrote {args.json} (start a run from it: trm-fast train --config {args.json})", file=sys.stderr)
+    return 0
+
+
+def preset_summary(cfg) -> str:
+    """One line about a preset: data, model, batch, length, device."""
+    from trm_fast import budget
+
+    model = cfg.model
+    if cfg.dataset == "sudoku":
+        rating = f", min rating {cfg.sudoku.min_rating}" if cfg.sudoku.min_rating else ""
+        data = f"{cfg.sudoku.size}x{cfg.sudoku.size} Sudoku{rating}"
+    else:
+        data = f"{cfg.maze.size}x{cfg.maze.size} {'random-wall' if cfg.maze.style == 'random' else 'corridor'} mazes"
+    block = "MLP over tokens" if model.mlp_t else "attention"
+    return (f"{data}; width {model.hidden_size}, {model.num_layers} layers ({block}), T={model.h_cycles} "
+            f"n={model.l_cycles}, {model.forward_dtype}; batch {cfg.global_batch_size}; {budget.describe(cfg)}; "
+            f"device {cfg.device}")
+
+
+def cmd_presets(args) -> int:
+    from trm_fast import config as config_lib
+
+    width = max(len(name) for name in config_lib.PRESETS)
+    defaults = {config_lib.default_preset_name(cuda, kind): f"default for {kind} {'with' if cuda else 'without'} CUDA"
+                for cuda in (True, False) for kind in config_lib.BUILTIN_DATASETS}
+    for name in config_lib.PRESETS:
+        note = f" ({defaults[name]})" if name in defaults else ""
+        print(f"{name:<{width}}  {preset_summary(config_lib.preset(name))}{note}")
     return 0
 
 
@@ -283,6 +412,26 @@ def cmd_data_sudoku(args) -> int:
     return 0
 
 
+def cmd_data_convert(args) -> int:
+    from trm_fast.data import convert_maze_csv, convert_sudoku_csv, is_sudoku_csv, load_split
+
+    if is_sudoku_csv(args.train):
+        if args.augment:
+            raise UsageError("--augment is for maze CSV files; Sudoku files take --num-aug N")
+        folder = convert_sudoku_csv(args.train, args.test, args.out, num_aug=args.num_aug, seed=args.seed,
+                                    subsample=args.subsample)
+        kind = "Sudoku puzzles"
+    else:
+        if args.num_aug or args.subsample is not None:
+            raise UsageError("--num-aug and --subsample are for Sudoku CSV files; maze files take --augment")
+        folder = convert_maze_csv(args.train, args.test, args.out, augment=args.augment)
+        kind = "mazes"
+    train, test = load_split(folder, "train"), load_split(folder, "test")
+    print(f"wrote {folder}: {train.get_set().num_examples} train + {test.get_set().num_examples} test {kind} "
+          f"(reference layout; train on it with: trm-fast train --dataset {folder})")
+    return 0
+
+
 # ----------------------------------------------------------------------------------------------
 # ablate / plot
 
@@ -299,7 +448,7 @@ def cmd_ablate(args) -> int:
     study = study_lib.make_study(
         out=args.out, preset=args.preset, variants=args.variant, only=_split_names(args.only), seeds=args.seeds,
         sets=args.set, max_steps=args.max_steps, max_minutes=args.max_minutes, dataset=args.dataset,
-        data_dir=args.data_dir, device=args.device, backend=args.backend,
+        data_dir=args.data_dir, device=args.device, backend=args.backend, seed=args.seed,
     )
     command = "trm-fast " + shlex.join(args.argv) if args.argv is not None else None
     result = study_lib.run_study(study, jobs=args.jobs, progress=not args.no_progress, command=command)
@@ -313,13 +462,50 @@ def cmd_plot(args) -> int:
     from trm_fast import plots
     from trm_fast.train.run_directory import load_runs
 
-    plots.check_image_path(args.out)
+    plots.check_image_path(args.image)
     runs = load_runs(args.run_dirs)
-    print(f"wrote {plots.save_figure(plots.runs_figure(runs), args.out)}")
+    print(f"wrote {plots.save_figure(plots.runs_figure(runs), args.image)}")
     return 0
 
 
 # ----------------------------------------------------------------------------------------------
+
+
+def _add_run_config_arguments(parser, for_study: bool = False) -> None:
+    """The options that build a run's config, shared by train, config and ablate."""
+    from trm_fast import config as config_lib
+
+    what = "base config" if for_study else "config"
+    parser.add_argument("--dataset", default=None, metavar="maze|sudoku|DIR",
+                        help='"maze" or "sudoku" (built-in generators, nothing to download) or a reference-layout '
+                             "dataset folder (trm-fast data ... builds one); default: the preset's")
+    origin = parser.add_mutually_exclusive_group()
+    origin.add_argument("--preset", choices=sorted(config_lib.PRESETS), default=None,
+                        help=f"the {what} to start from (trm-fast presets lists them); default: maze-paper / "
+                             "sudoku-paper with CUDA, maze-cpu / sudoku-cpu without, by --dataset")
+    if not for_study:
+        origin.add_argument("--config", default=None, metavar="FILE.json",
+                            help="start from a saved config (a run's config.json, or trm-fast config --json FILE.json) "
+                                 "instead of a preset; default: a preset")
+    parser.add_argument("--set", action="append", metavar="FIELD=VALUE",
+                        help=f"change a field of the {what}, repeatable, e.g. --set model.hidden_size=128 --set lr=3e-4; "
+                             "trm-fast config --preset NAME lists every field; default: the config unchanged")
+    parser.add_argument("--cache-dir", "--data-dir", dest="data_dir", default=None, metavar="DIR",
+                        help="folder where the built-in generator writes the data and finds it again on the next "
+                             "run with the same settings (ignored for a dataset folder); default: "
+                             "data/<name from the generator settings>")
+    parser.add_argument("--seed", type=int, default=None, metavar="S",
+                        help="training seed (weights, data order, halting exploration"
+                             + (", the first of --seeds K" if for_study else "")
+                             + "); the generated data has its own (--set maze.seed=S); default: the config's (0)")
+    parser.add_argument("--max-steps", type=int, default=None, metavar="N",
+                        help="schedule length in steps" + (" per variant" if for_study else "") + "; default: the config's (see below)")
+    parser.add_argument("--max-minutes", type=float, default=None, metavar="M",
+                        help="time budget in minutes" + (" per variant" if for_study else "") + "; default: the config's (see below)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None,
+                        help="where to train; default: the config's (auto for the paper presets: CUDA when present)")
+    parser.add_argument("--backend", choices=("auto", "torch", "triton", "cuda"), default=None,
+                        help="implementation of the fast engine's fused ops; default: the config's (auto)")
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -328,22 +514,19 @@ def make_parser() -> argparse.ArgumentParser:
 
     parser = _Parser(prog=PROG, description="Train and run Tiny Recursive Models (TRM).")
     parser.add_argument("--version", action="version", version=f"{PROG} {trm_fast.__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="{train,eval,solve,ablate,plot,data}", parser_class=_Parser)
+    commands = parser.add_subparsers(dest="command", metavar="{train,eval,solve,ablate,plot,data,presets,config}",
+                                     parser_class=_Parser)
 
-    train = commands.add_parser("train", help="train a model (resumable)")
-    train.add_argument("--dataset", default=None,
-                       help='"maze" or "sudoku" (built-in generators, cached in --data-dir) or a reference-layout folder')
-    train.add_argument("--preset", choices=sorted(config_lib.PRESETS), default=None,
-                       help="default: maze-paper / sudoku-paper with CUDA, maze-cpu / sudoku-cpu without (by --dataset)")
-    train.add_argument("--data-dir", default=None, help="where built-in data is generated/cached")
-    train.add_argument("--run-dir", default=None, help="default: runs/<preset>-<time>")
-    train.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")
-    train.add_argument("--max-steps", type=int, default=None)
-    train.add_argument("--max-minutes", type=float, default=None)
-    train.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)
-    train.add_argument("--backend", choices=("auto", "torch", "triton", "cuda"), default=None)
-    train.add_argument("--set", action="append", metavar="FIELD=VALUE",
-                       help="override a config field, e.g. --set model.hidden_size=128 --set lr=3e-4")
+    train = commands.add_parser("train", help="train a model (resumable)",
+                                description="Train a model. trm-fast config takes the same options and prints the "
+                                            "resolved config: every field --set accepts.",
+                                epilog=budget_help())
+    _add_run_config_arguments(train)
+    train.add_argument("--run-dir", "--out", dest="run_dir", default=None, metavar="DIR",
+                       help="run directory to write (config.json, metrics.jsonl, checkpoints/, final_eval.json); "
+                            "default: runs/<preset>-<date>-<time>")
+    train.add_argument("--resume", action="store_true",
+                       help="continue the run in --run-dir (default: the newest under runs/) from its last checkpoint")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.set_defaults(handler=cmd_train)
 
@@ -372,75 +555,99 @@ def make_parser() -> argparse.ArgumentParser:
                              help="also draw the question and the answer after every supervision step into an image")
             sub.set_defaults(handler=cmd_solve)
 
+
     from trm_fast import study as study_lib
 
     ablate = commands.add_parser(
         "ablate", help="the tutorial's ablation study: variants of one config trained side by side, compared",
         description="Train variants of one base config (default: the tutorial's baseline, no-ema, less-recursion, "
                     "bigger-brain) and write ablation.png, ablation.md and ablation.json into --out. Running the "
-                    "same command again reuses finished runs and resumes unfinished ones.")
-    ablate.add_argument("--dataset", default=None,
-                        help='"maze" (default), "sudoku" (the paper\'s Sudoku ablations) or a reference-layout folder')
-    ablate.add_argument("--preset", choices=sorted(config_lib.PRESETS), default=None,
-                        help="base config: maze-paper / sudoku-paper (scaled to a short schedule) with CUDA, "
-                             "maze-cpu / sudoku-cpu without")
-    ablate.add_argument("--data-dir", default=None, help="where built-in data is generated/cached")
-    ablate.add_argument("--out", default=None, help="study directory (default: runs/ablation-<preset>)")
-    ablate.add_argument("--only", default=None, metavar="A,B", help="train only these variants now")
+                    "same command again reuses finished runs and resumes unfinished ones. The base is the preset "
+                    "with the study's schedule: 600 steps per variant on CPU, 1000 on a GPU.",
+        epilog=budget_help() + " Here the budget applies to each variant.")
+    _add_run_config_arguments(ablate, for_study=True)
+    ablate.add_argument("--out", default=None, metavar="DIR", help="study directory to write; default: runs/ablation-<preset>")
+    ablate.add_argument("--only", default=None, metavar="A,B",
+                        help="train only these variants now (the others stay for a later run); default: all")
     ablate.add_argument("--variant", action="append", metavar="NAME:FIELD=VALUE,...",
                         help="a variant as overrides of the base config (repeatable; replaces the default ones; "
                              f"a built-in name alone is that variant: {', '.join(study_lib.DEFAULT_VARIANT_NAMES)}; "
-                             f"Sudoku: {', '.join(v.name for v in study_lib.SUDOKU_VARIANTS)})")
+                             f"Sudoku: {', '.join(v.name for v in study_lib.SUDOKU_VARIANTS)}); "
+                             "default: the built-in variants of the dataset")
     ablate.add_argument("--seeds", type=int, default=1, metavar="K", help="train every variant with K seeds")
-    budget = ablate.add_mutually_exclusive_group()
-    budget.add_argument("--max-steps", type=int, default=None, help="budget per variant in steps (the schedule's length)")
-    budget.add_argument("--max-minutes", type=float, default=None, help="budget per variant in minutes of training")
-    ablate.add_argument("--set", action="append", metavar="FIELD=VALUE", help="override a field of the base config")
-    ablate.add_argument("--jobs", type=int, default=None,
-                        help="runs trained at a time, each in its own process (default 1; more only with idle cores)")
-    ablate.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)
-    ablate.add_argument("--backend", choices=("auto", "torch", "triton", "cuda"), default=None)
+    ablate.add_argument("--jobs", type=int, default=1, metavar="N",
+                        help="runs trained at a time, each in its own process (more only with idle cores)")
     ablate.add_argument("--no-progress", action="store_true", help="no progress bar")
     ablate.set_defaults(handler=cmd_ablate)
 
     plot = commands.add_parser("plot", help="draw training curves of run directories (loss, exact accuracy, lr)")
     plot.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories (a study directory: all its runs)")
-    plot.add_argument("--out", required=True, metavar="FILE.png")
+    plot.add_argument("--image", "--out", dest="image", required=True, metavar="FILE.png",
+                      help="picture to write (.png, .pdf or .svg); --out is its former name and still works")
     plot.set_defaults(handler=cmd_plot)
 
     from trm_fast.data.maze import DEFAULT_WALL_SHARE, STYLES
 
-    data = commands.add_parser("data", help="build a dataset and write it out (reference folder, Maze-Hard / Sudoku-Extreme CSV)")
-    kinds = data.add_subparsers(dest="kind", metavar="{maze,sudoku}", parser_class=_Parser, required=True)
+    data = commands.add_parser("data", help="build a dataset folder (generated, or from Maze-Hard / Sudoku-Extreme CSV)")
+    kinds = data.add_subparsers(dest="kind", metavar="{maze,sudoku,convert}", parser_class=_Parser, required=True)
     maze = kinds.add_parser("maze", help="generated mazes with a unique shortest path")
-    maze.add_argument("--out", required=True, help="dataset folder to write (reference layout: train/, test/)")
+    maze.add_argument("--out", required=True, metavar="DIR", help="dataset folder to write (reference layout: train/, test/)")
     maze.add_argument("--style", choices=STYLES, default="random",
-                      help="random: walls cell by cell, as Maze-Hard (default); corridors: spanning-tree corridors")
-    maze.add_argument("--size", type=int, default=30)
-    maze.add_argument("--num-train", type=int, default=1000)
-    maze.add_argument("--num-test", type=int, default=1000)
-    maze.add_argument("--seed", type=int, default=0)
-    maze.add_argument("--wall-share-min", type=float, default=DEFAULT_WALL_SHARE[0])
-    maze.add_argument("--wall-share-max", type=float, default=DEFAULT_WALL_SHARE[1])
+                      help="random: walls cell by cell, as Maze-Hard; corridors: spanning-tree corridors")
+    maze.add_argument("--size", type=int, default=30, help="grid side in cells")
+    maze.add_argument("--num-train", type=int, default=1000, help="training mazes")
+    maze.add_argument("--num-test", type=int, default=1000, help="test mazes (none equal to a training maze up to symmetry)")
+    maze.add_argument("--seed", type=int, default=0, help="generator seed")
+    maze.add_argument("--wall-share-min", type=float, default=DEFAULT_WALL_SHARE[0],
+                      help="random style: least share of wall cells of a maze")
+    maze.add_argument("--wall-share-max", type=float, default=DEFAULT_WALL_SHARE[1],
+                      help="random style: largest share of wall cells of a maze")
     maze.add_argument("--csv", action="store_true", help="also write train.csv and test.csv in the Maze-Hard CSV format")
     maze.set_defaults(handler=cmd_data_maze)
     sudoku = kinds.add_parser("sudoku", help="generated Sudoku with a unique solution, augmented as the reference")
-    sudoku.add_argument("--out", required=True, help="dataset folder to write (reference layout: train/, test/)")
+    sudoku.add_argument("--out", required=True, metavar="DIR", help="dataset folder to write (reference layout: train/, test/)")
     sudoku.add_argument("--size", type=int, choices=(4, 6, 8, 9), default=9, help="grid side (boxes 2x2, 2x3, 2x4, 3x3)")
-    sudoku.add_argument("--box-rows", type=int, default=None, help="rows of a box (default: the most square)")
-    sudoku.add_argument("--box-cols", type=int, default=None)
-    sudoku.add_argument("--num-train", type=int, default=1000)
-    sudoku.add_argument("--num-test", type=int, default=1000)
+    sudoku.add_argument("--box-rows", type=int, default=None, help="rows of a box; default: the most square box")
+    sudoku.add_argument("--box-cols", type=int, default=None, help="columns of a box; default: size / box rows")
+    sudoku.add_argument("--num-train", type=int, default=1000, help="training puzzles (before augmentation)")
+    sudoku.add_argument("--num-test", type=int, default=1000, help="test puzzles (none equivalent to a training puzzle)")
     sudoku.add_argument("--num-aug", type=int, default=1000, help="augmented copies of every training puzzle")
     sudoku.add_argument("--min-rating", type=int, default=0,
                         help="keep puzzles whose solver rating (guesses to prove uniqueness) is at least this; "
                              "10 keeps about the hardest 15%% of 9x9 puzzles")
-    sudoku.add_argument("--seed", type=int, default=0)
+    sudoku.add_argument("--seed", type=int, default=0, help="generator seed")
     sudoku.add_argument("--workers", type=int, default=None,
-                        help="generator processes (default: 1 for small sets, else every core); never changes the data")
+                        help="generator processes; default: 1 for small sets, else every core; never changes the data")
     sudoku.add_argument("--csv", action="store_true",
                         help="also write train.csv (the puzzles without augmentation) and test.csv, Sudoku-Extreme format")
     sudoku.set_defaults(handler=cmd_data_sudoku)
+    convert = kinds.add_parser(
+        "convert", help="a dataset folder from Maze-Hard or Sudoku-Extreme CSV files (source,question,answer,rating)",
+        description="Turn a train and a test CSV file (Maze-Hard: '# SGo' grids; Sudoku-Extreme: digits and '.') "
+                    "into a reference-layout dataset folder that `trm-fast train --dataset DIR` trains on. The kind "
+                    "is read from the files.")
+    convert.add_argument("--train", required=True, metavar="FILE.csv", help="training CSV file")
+    convert.add_argument("--test", required=True, metavar="FILE.csv", help="test CSV file")
+    convert.add_argument("--out", required=True, metavar="DIR", help="dataset folder to write")
+    convert.add_argument("--augment", action="store_true", help="mazes: add the 8 dihedral images of every training maze")
+    convert.add_argument("--num-aug", type=int, default=0, metavar="N",
+                         help="Sudoku: augmented copies of every training puzzle (the reference's 1k-aug-1000 set: 1000)")
+    convert.add_argument("--subsample", type=int, default=None, metavar="N",
+                         help="Sudoku: train on N puzzles drawn at random (the reference's 1k set: 1000); default: all")
+    convert.add_argument("--seed", type=int, default=0, help="Sudoku: seed of the subsample and the augmentation")
+    convert.set_defaults(handler=cmd_data_convert)
+
+    presets = commands.add_parser("presets", help="list the presets, one line each")
+    presets.set_defaults(handler=cmd_presets)
+
+    config = commands.add_parser(
+        "config", help="print the resolved config: every field --set accepts, with its value",
+        description="Print the config that `trm-fast train` would run with the same options, one FIELD=VALUE "
+                    "line per field; every line is a valid --set argument.", epilog=budget_help())
+    _add_run_config_arguments(config)
+    config.add_argument("--json", default=None, metavar="FILE.json",
+                        help="also write the config as JSON, for trm-fast train --config FILE.json; default: print only")
+    config.set_defaults(handler=cmd_config, resume=False)
     return parser
 
 

@@ -68,7 +68,7 @@ _CPU_TRAINING = dict(
 def _maze_cpu() -> TrainConfig:
     """Random-wall mazes (the Maze-Hard style) and a width-64 TRM (T=2, n=2), compiled, that learn on
     a 2-core laptop CPU and stop by themselves after ~15 minutes with a held-out evaluation. Chosen by
-    experiment (README, *Measured figures*). The forward runs in bf16 as in the paper: on a CPU with
+    experiment (docs/presets.md). The forward runs in bf16 as in the paper: on a CPU with
     native bf16 dot products (AVX512-BF16, AMX) the compiled step is ~1.4x faster than in float32;
     other CPUs run float32 (trm_fast.train.step.runnable_model_config)."""
     return TrainConfig(
@@ -122,7 +122,7 @@ def _sudoku_att_paper() -> TrainConfig:
 
 def _sudoku_cpu() -> TrainConfig:
     """6x6 Sudoku (2x3 boxes) and a width-64 TRM-MLP (T=2, n=2), compiled, that learn on a 2-core
-    laptop CPU within ~15 minutes. Chosen by experiment (README, *Sudoku*): 6x6 reached 97.5% exact on
+    laptop CPU within ~15 minutes. Chosen by experiment (docs/presets.md): 6x6 reached 97.5% exact on
     held-out puzzles at 2,000 steps on one core, while 9x9 with the same model had no puzzle exact
     and 57% of cells right at 500 steps, at half the steps/s. bf16 forward as in maze-cpu (2.2x the
     steps/s of float32 compiled here, the same accuracy)."""
@@ -171,7 +171,7 @@ def default_preset_name(cuda_available: bool, dataset: Optional[str] = None) -> 
 # project's 2-core machine (shared with other jobs), one run at a time: baseline 1.5 steps/s, no-ema
 # 1.4, less-recursion 4.0, bigger-brain 1.1, so ~26 min of training for the four plus ~4 min of
 # evaluations (100 test mazes every 100 steps, all 500 at the end). One thread because two threads
-# on a busy 2-core machine slow the small ops ~25x (README); two runs at a time (--jobs 2) ran each
+# on a busy 2-core machine slow the small ops ~25x (docs/presets.md); two runs at a time (--jobs 2) ran each
 # at half speed there, no faster in total, but help on a machine with idle cores. One thread per run
 # also keeps the numbers independent of --jobs.
 # maze-paper: the paper's model and data with a short schedule (not yet measured on a GPU; about
@@ -191,7 +191,7 @@ STUDY_OVERRIDES = {
         "checkpoint_interval=250", "log_interval=10",
     ),
     # The Sudoku study: the same budgets as the maze study's (not measured yet; sudoku-cpu's own model
-    # was at 73% exact on held-out puzzles after 1,000 steps, README *Sudoku*).
+    # was at 73% exact on held-out puzzles after 1,000 steps, docs/results.md).
     "sudoku-cpu": (
         "max_steps=600", "max_minutes=none", "lr_warmup_steps=100", "eval_interval=100", "eval_examples=100",
         "checkpoint_interval=100", "log_interval=10", "num_threads=1",

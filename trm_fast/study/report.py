@@ -11,7 +11,8 @@ from trm_fast import flops
 from trm_fast.config import TrainConfig
 from trm_fast.data import load_split
 from trm_fast.memory import parameter_count
-from trm_fast.study.spec import FORMAT, VERSION, Study, budget_text, write_json, write_text
+from trm_fast import budget as budget_lib
+from trm_fast.study.spec import FORMAT, VERSION, Study, write_json, write_text
 from trm_fast.train import run_directory
 from trm_fast.train.data import prepare_dataset
 from trm_fast.train.distributed import DistContext
@@ -179,7 +180,7 @@ def build_report(study: Study) -> dict:
         "format": FORMAT,
         "version": VERSION,
         "settings": study.settings(),
-        "budget": budget_text(base),
+        "budget": budget_lib.describe(base),
         "seeds": list(study.seeds),
         "differing_fields": fields,
         "held_out": held_out_text(base),
@@ -195,7 +196,7 @@ def base_summary(cfg: TrainConfig) -> str:
                 if cfg.lr_min_ratio < 1 else f"lr {cfg.lr:g} (warm-up {cfg.lr_warmup_steps}, then constant)")
     return (f"preset {cfg.preset or '-'}: {data_summary(cfg)}; width {model.hidden_size}, {model.num_heads} heads, "
             f"at most {model.halt_max_steps} supervision steps; batch {cfg.global_batch_size}; {schedule}, "
-            f"weight decay {cfg.weight_decay:g}, EMA rate {cfg.ema_rate:g} (where EMA is on); {budget_text(cfg)} per run; "
+            f"weight decay {cfg.weight_decay:g}, EMA rate {cfg.ema_rate:g} (where EMA is on); {budget_lib.describe(cfg)} per run; "
             f"{cfg.loss_type} loss; seed {cfg.seed}")
 
 

@@ -9,11 +9,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
+from trm_fast import budget as budget_lib
 from trm_fast import config as config_lib
 from trm_fast.config import TrainConfig
 from trm_fast.errors import RunDirectoryError, user_errors
 from trm_fast.study.report import build_report, write_outputs
-from trm_fast.study.spec import (RunSpec, Study, StudyError, budget_text, check_study_dir, first_difference,
+from trm_fast.study.spec import (RunSpec, Study, StudyError, check_study_dir, first_difference,
                                  normalised_config)
 from trm_fast.train import run_directory
 from trm_fast.train.data import dataset_dir, prepare_dataset
@@ -39,22 +40,26 @@ def run_state(run: RunSpec) -> str:
 
 def _check_run_config(run: RunSpec) -> None:
     """A run directory must have been made for this run (same config, but for the per-invocation
-    max_minutes)."""
+    max_minutes and, in a run that fills its minutes, the measured max_steps)."""
     saved = run_directory.read_config_values(run.run_dir)
     if saved is None:
         return
     saved = normalised_config(saved, str(run_directory.config_path(run.run_dir)))
     wanted = config_lib.to_dict(run.config)
-    saved.pop("max_minutes", None)
-    wanted.pop("max_minutes", None)
+    for name in ("max_minutes", "max_steps") if budget_lib.fills_time(run.config) else ("max_minutes",):
+        saved.pop(name, None)
+        wanted.pop(name, None)
     difference = first_difference(saved, wanted)
     if difference:
         raise StudyError(f"{run.run_dir} was trained with another config ({difference}); remove it to retrain")
 
 
 def _invocation_config(run: RunSpec, state: str) -> TrainConfig:
-    """The config of this invocation: with a time budget, a resumed run gets what is left of it."""
+    """The config of this invocation: with a time budget, a resumed run gets what is left of it, and
+    keeps the schedule length it measured (saved in its config.json)."""
     cfg = copy.deepcopy(run.config)
+    if state == "resume" and budget_lib.fills_time(cfg) and run_directory.config_path(run.run_dir).is_file():
+        cfg.max_steps = config_lib.load_json(run_directory.config_path(run.run_dir)).max_steps
     if state == "resume" and cfg.max_minutes is not None and run_directory.metrics_path(run.run_dir).is_file():
         try:
             spent = run_directory.load_run(run.run_dir).train_seconds / 60
@@ -187,7 +192,7 @@ def run_study(
     if jobs < 1:
         raise StudyError(f"--jobs must be >= 1, got {jobs}")
     check_study_dir(study)
-    budget = budget_text(study.base)
+    budget = budget_lib.describe(study.base)
     log(f"study {study.out}: {len(study.variants)} variant(s) x {len(study.seeds)} seed(s), {budget} per run, "
         f"base preset {study.base.preset or '-'}")
     plan = []

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from trm_fast import budget as budget_lib
 from trm_fast import config as config_lib
 from trm_fast.config import ConfigError, TrainConfig
 from trm_fast.presets import STUDY_OVERRIDES, default_preset_name
@@ -132,10 +133,12 @@ def make_study(
     device: Optional[str] = None,
     backend: Optional[str] = None,
     cuda_available: Optional[bool] = None,
+    seed: Optional[int] = None,
 ) -> Study:
     """A study from `trm-fast ablate`'s arguments: the base config (the preset, by default maze-paper /
     sudoku-paper with CUDA and maze-cpu / sudoku-cpu without by the dataset kind, with dataset /
-    data_dir / device / backend, then its STUDY_OVERRIDES, `sets` and the per-variant budget), the
+    data_dir / device / backend / seed, then its STUDY_OVERRIDES, `sets` and the per-variant budget,
+    which follows trm_fast.budget's rule as `train` does), the
     variants (the tutorial's four, or the paper's Sudoku ablations for Sudoku data, unless `variants`
     are given) and K seeds (base seed, +1, ...)."""
     if cuda_available is None:
@@ -144,12 +147,6 @@ def make_study(
         cuda_available = torch.cuda.is_available()
     if seeds < 1:
         raise StudyError(f"--seeds must be >= 1, got {seeds}")
-    if max_steps is not None and max_minutes is not None:
-        raise StudyError("give the budget per variant as --max-steps or --max-minutes, not both")
-    if max_steps is not None and max_steps < 1:
-        raise StudyError(f"--max-steps must be >= 1, got {max_steps}")
-    if max_minutes is not None and not max_minutes > 0:
-        raise StudyError(f"--max-minutes must be > 0, got {max_minutes}")
     kind = dataset
     if dataset is not None and dataset not in config_lib.BUILTIN_DATASETS:
         from trm_fast.train.data import folder_kind
@@ -157,14 +154,11 @@ def make_study(
         kind = folder_kind(dataset)
     preset_name = preset or default_preset_name(cuda_available, kind)
     base = preset_config(preset_name)
-    for field_name, value in (("dataset", dataset), ("data_dir", data_dir), ("device", device), ("backend", backend)):
+    for field_name, value in (("dataset", dataset), ("data_dir", data_dir), ("device", device), ("backend", backend),
+                              ("seed", seed)):
         if value is not None:
             setattr(base, field_name, value)
-    budget = []
-    if max_steps is not None:  # a deterministic budget: the schedule spans exactly these steps
-        budget = [f"max_steps={max_steps}", "max_minutes=none"]
-    elif max_minutes is not None:  # wall clock per variant; the schedule keeps the base's length
-        budget = [f"max_minutes={max_minutes!r}"]
+    budget = budget_lib.budget_overrides(max_steps, max_minutes)
     # One pass, validated once: the study's settings for this preset, then --set, then the budget.
     config_lib.apply_overrides(base, [*STUDY_OVERRIDES.get(preset_name, ()), *(sets or []), *budget])
 
@@ -246,9 +240,3 @@ def write_text(path: Path, text: str) -> None:
 def write_json(path: Path, values) -> None:
     write_text(path, json.dumps(values, indent=2) + "\n")
 
-
-def budget_text(cfg: TrainConfig) -> str:
-    if cfg.max_minutes is not None:
-        steps = f", schedule {cfg.max_steps} steps" if cfg.max_steps is not None else ""
-        return f"{cfg.max_minutes:g} min{steps}"
-    return f"{cfg.max_steps} steps" if cfg.max_steps is not None else f"{cfg.epochs} epochs"

@@ -24,6 +24,7 @@ from typing import Callable, Optional
 
 import torch
 
+from trm_fast import budget as budget_lib
 from trm_fast import config as config_lib
 from trm_fast.config import ConfigError, TrainConfig
 from trm_fast import flops as flops_lib
@@ -51,7 +52,7 @@ class TrainResult:
 
 def schedule_length(cfg: TrainConfig, data: RunData) -> int:
     """Total optimizer steps the LR schedule spans: `epochs` as in the reference, capped by max_steps."""
-    from_epochs = max(int(cfg.epochs * data.batches_per_epoch), 1)
+    from_epochs = budget_lib.steps_from_epochs(cfg, data.batches_per_epoch)
     return min(from_epochs, cfg.max_steps) if cfg.max_steps is not None else from_epochs
 
 
@@ -199,10 +200,12 @@ class Trainer:
         end_step = self.total_steps
         start_time = time.monotonic()
         deadline = start_time + cfg.max_minutes * 60 if cfg.max_minutes is not None else math.inf
+        fit = budget_lib.ScheduleFit.for_run(cfg, self.step, end_step, start_time, deadline)  # None: length given
         self.log(
             f"training {sum(p.numel() for p in self.train_step.params):,} parameters on {ctx.world_size} x {self.device.type}, "
             f"global batch {cfg.global_batch_size} ({self.train_step.num_micro_batches} micro-batch(es) of "
-            f"{self.train_step.micro_batch_size} per process), steps {self.step}->{end_step}"
+            f"{self.train_step.micro_batch_size} per process), steps {self.step}->"
+            + (f"(set at step {fit.decide_at} to fill the time)" if fit is not None else f"{end_step}")
             + (f" (at most {cfg.max_minutes:g} min)" if cfg.max_minutes is not None else "")
             + f", run dir {self.run_dir}"
         )
@@ -231,6 +234,9 @@ class Trainer:
                 metric_sums += self.advance({key: batch[key] for key in MODEL_KEYS})
                 if progress is not None:
                     progress.update(1)
+                if fit is not None and (length := fit.observe(self.step, time.monotonic())) is not None:
+                    end_step = self.total_steps = self._set_schedule_length(fit, length, progress)
+                    fit = None
 
                 at_log_step = self.step % cfg.log_interval == 0 or self.step == end_step
                 if at_log_step:
@@ -295,6 +301,19 @@ class Trainer:
                 self.log(f"interrupted at step {self.step}; resume with --resume --run-dir {self.run_dir}")
         dist_lib.barrier(ctx)
         return TrainResult(self.run_dir, self.step, stopped_by, final_eval, last_train)
+
+    def _set_schedule_length(self, fit: budget_lib.ScheduleFit, length: int, progress) -> int:
+        """Fix the measured schedule length (trm_fast.budget) and record it where a rerun finds it."""
+        length = dist_lib.broadcast_object(length, self.context)  # rank 0's measurement: every rank agrees
+        self.cfg.max_steps = length
+        if self.context.is_main:
+            run_directory.write_config(self.run_dir, self.cfg)
+        self._append_metrics({"step": self.step, "schedule_steps": length})
+        self._write(progress, fit.message(length, self.cfg.max_minutes))
+        if progress is not None:
+            progress.total = length
+            progress.refresh()
+        return length
 
     def throughput(self, steps_per_second: float) -> dict:
         """Grid tokens per second over all processes and, on a GPU with a known peak, model FLOP
