@@ -9,7 +9,7 @@ import torch
 
 from trm_fast import budget, config as config_lib
 from trm_fast.config import ConfigError
-from trm_fast.train import checkpoint as ckpt
+from trm_fast.train import run_directory as ckpt
 from tests.train.conftest import tiny_config, tiny_data_dir  # noqa: F401 - fixtures
 
 

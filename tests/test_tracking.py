@@ -11,7 +11,7 @@ from tests.cli_helpers import one_error_line, train_args
 from trm_fast import config as config_lib
 from trm_fast import tracking
 from trm_fast.cli import main
-from trm_fast.train import checkpoint as ckpt
+from trm_fast.train import run_directory as ckpt
 
 TINY_SETS = [
     "maze.size=6", "maze.num_train=48", "maze.num_test=8", "compile=false", "model.forward_dtype=float32",
