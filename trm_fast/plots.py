@@ -251,7 +251,7 @@ def solve_title(data_path: str | os.PathLike, index: int, checkpoint: str | os.P
     """A short title for solve_figure: "<data folder>/test, example 3 - <run>/step_00005000.pt",
     without the directories above the data folder and the run (a run directory: its newest
     checkpoint)."""
-    from trm_fast.train.checkpoint import latest_checkpoint
+    from trm_fast.train.run_directory import latest_checkpoint
 
     checkpoint = Path(checkpoint)
     if checkpoint.is_dir():
