@@ -51,7 +51,8 @@ def test_eval_and_solve_run_the_chosen_engine_and_backend(trained_run, engine, b
     from trm_fast.cli import load_model_for_eval
     from trm_fast.model import FastTRM
 
-    args = argparse.Namespace(checkpoint=str(trained_run / "run"), data=None, model_set=None, engine=engine, backend=backend)
+    args = argparse.Namespace(checkpoint=str(trained_run / "run"), dataset=None, model_set=None, engine=engine, backend=backend,
+                              weights=None)
     model, _source, description = load_model_for_eval(args, torch.device("cpu"))
     assert isinstance(model, FastTRM) == (engine == "fast") and f"engine {engine}" in description
     if engine == "fast":

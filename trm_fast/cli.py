@@ -1,14 +1,15 @@
 """`trm-fast`: train, evaluate and inspect Tiny Recursive Models from the command line.
 
     trm-fast train --dataset maze [--preset maze-cpu] [--run-dir runs/x] [--max-minutes 10] [--set lr=3e-4]
-    trm-fast eval  --checkpoint runs/x [--data data/maze-... | mazes.csv]
-    trm-fast solve --checkpoint runs/x [--index 3] [--steps] [--image solve.png]
+    trm-fast eval  --checkpoint runs/x|maze-cpu [--dataset data/maze-... | mazes.csv] [--halt] [--json F] [--image F.png]
+    trm-fast solve --checkpoint runs/x|maze-cpu [--index 3] [--steps] [--image solve.png]
     trm-fast ablate [--preset maze-cpu] [--out DIR] [--only a,b] [--variant NAME:field=value,...] [--seeds K]
     trm-fast plot RUN_DIR [RUN_DIR ...] --out curves.png
     trm-fast data maze --out DIR [--style random] [--size 30] [--csv]
     trm-fast data sudoku --out DIR [--size 9|6|4] [--num-aug 1000] [--min-rating 10] [--csv]
 
-Argument parsing and printing only; the work is in trm_fast.train, trm_fast.study and trm_fast.plots.
+Argument parsing and printing only; the work is in trm_fast.train, trm_fast.solver, trm_fast.study and
+trm_fast.plots.
 Expected failures (bad data, config, checkpoint) print one line `trm-fast: error: ...` on stderr and
 exit with status 2.
 Set TRM_FAST_DEBUG=1 to see the traceback instead.
@@ -34,6 +35,15 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str):  # noqa: D401 - argparse API
         raise UsageError(message)
+
+
+class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default in its help unless it is None or False (their help says what happens)."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def _expected_errors() -> tuple[type, ...]:
@@ -110,50 +120,11 @@ def cmd_train(args) -> int:
 def load_model_for_eval(args, device):
     """(model in eval mode on the chosen engine and backend, eval data source, description of the
     checkpoint) from the `eval`/`solve` arguments."""
-    from trm_fast import config as config_lib
-    from trm_fast.model import TRMConfig, make_model
-    from trm_fast.model.compat import CheckpointError, infer_config, load_any_state_dict, load_model_weights
-    from trm_fast.train.checkpoint import latest_checkpoint
-    from trm_fast.train.data import open_eval_source
+    from trm_fast.solver import load_for_eval
 
-    checkpoint, data_path = args.checkpoint, args.data
-    known = config_lib.parse_fields(TRMConfig, args.model_set or [])
-    path = Path(checkpoint)
-    if path.is_dir():
-        found = latest_checkpoint(path)
-        if found is None:
-            raise CheckpointError(f"{path}: no checkpoints/step_*.pt in this run directory")
-        path = found
-    state_dict, meta = load_any_state_dict(path)
-    saved_data = (meta.get("data") or {}).get("dir") if isinstance(meta.get("data"), dict) else None
-    if data_path is None and saved_data is None:
-        raise UsageError("--data is needed: the checkpoint does not say which data it was trained on")
-    source = open_eval_source(data_path or saved_data)
-    if meta.get("format") == "trm-fast" and "model_config" in meta:
-        values = dict(meta["model_config"])
-        values.update(known)
-        try:
-            config = TRMConfig.from_dict(values)
-        except ValueError as error:
-            raise CheckpointError(f"{path}: bad model config ({error})") from None
-    else:
-        known.setdefault("seq_len", source.metadata.seq_len)
-        try:
-            config = infer_config(state_dict, **known)
-        except ValueError as error:  # shapes that do not fit, or TRMConfig's checks on --model-set values
-            raise UsageError(f"{path}: {error}") from None
-    if config.vocab_size != source.metadata.vocab_size or config.seq_len != source.metadata.seq_len:
-        raise UsageError(
-            f"{source.name}: vocabulary {source.metadata.vocab_size} / sequence length {source.metadata.seq_len} "
-            f"do not match the model's {config.vocab_size} / {config.seq_len}"
-        )
-    model = make_model(config, args.engine, args.backend)
-    load_model_weights(model, state_dict, source=str(path))
-    model.to(device).eval()
-    step = meta.get("step")
-    description = (f"{path}" + (f" (step {step})" if step is not None else "") + f", {meta.get('format', '?')} format, "
-                   f"engine {args.engine}")
-    return model, source, description
+    loaded, source = load_for_eval(args.checkpoint, args.dataset, settings=args.model_set or [], engine=args.engine,
+                                   backend=args.backend, weights=args.weights, device=device, log=print)
+    return loaded.model, source, loaded.description
 
 
 def _device(name: Optional[str]):
@@ -162,20 +133,75 @@ def _device(name: Optional[str]):
     return pick_device(name or "auto")
 
 
-def cmd_eval(args) -> int:
-    from trm_fast.train.evaluate import evaluate
+def _print_step_curve(curve) -> None:
+    print(f"accuracy after each supervision step (every example runs all {len(curve.steps)}):")
+    print("  step     exact     token  q-halt acc.")
+    for step, metrics in enumerate(curve.steps, 1):
+        print(f"  {step:4d}  {metrics['exact_accuracy']:8.2%}  {metrics['accuracy']:8.2%}  {metrics['q_halt_accuracy']:8.2%}")
 
+
+def _print_halting_comparison(curve, halting, max_steps: int) -> None:
+    final = curve.final
+    rows = [
+        ("exact accuracy", f"{final['exact_accuracy']:.2%}", f"{halting.metrics['exact_accuracy']:.2%}"),
+        ("token accuracy", f"{final['accuracy']:.2%}", f"{halting.metrics['accuracy']:.2%}"),
+        ("mean supervision steps", f"{max_steps:.2f}", f"{halting.metrics['steps']:.2f}"),
+        ("example-steps (compute)", f"{curve.example_steps:,}",
+         f"{halting.example_steps:,} ({halting.example_steps / max(curve.example_steps, 1):.1%})"),
+        ("GFLOP", f"{curve.flops / 1e9:,.2f}", f"{halting.flops / 1e9:,.2f}"),
+        ("wall time", f"{curve.seconds:.2f}s", f"{halting.seconds:.2f}s ({halting.seconds / max(curve.seconds, 1e-9):.2f}x)"),
+    ]
+    print(f"halting: each example stops at its own Q-halt decision or after {max_steps} steps; stopped examples' "
+          "slots take waiting ones")
+    print(f"  {'':24s}  {'all steps':>12s}  {'halting':>12s}")
+    for name, everything, halted in rows:
+        print(f"  {name:24s}  {everything:>12s}  {halted:>12s}")
+    print("  stopped after step: " + "  ".join(f"{step}: {count}" for step, count in enumerate(halting.steps_histogram, 1)))
+
+
+def cmd_eval(args) -> int:
+    import json
+
+    from trm_fast.train.evaluate import evaluate_each_step, evaluate_with_halting
+
+    if args.image:
+        from trm_fast.plots import check_image_path
+
+        check_image_path(args.image)
     device = _device(args.device)
     model, source, description = load_model_for_eval(args, device)
-    started = time.monotonic()
-    batch_size = args.batch_size or 256
-    metrics = evaluate(model, source.batches(batch_size, args.limit), device, loss_type=args.loss_type,
-                       backend=args.backend, prefix="")
-    seconds = time.monotonic() - started
+    max_steps = model.config.halt_max_steps
+    batch_size = args.batch_size
+    curve = evaluate_each_step(model, source.batches(batch_size, args.limit), device, loss_type=args.loss_type,
+                               backend=args.backend)
+    halting, halting_skipped = None, None
+    if args.halt and source.needs_all_steps:
+        halting_skipped = f"{source.name}: its answers are voted over every supervision step, so --halt runs all {max_steps}"
+    elif args.halt:
+        halting = evaluate_with_halting(model, source.batches(batch_size, args.limit), device, batch_size,
+                                        loss_type=args.loss_type, backend=args.backend)
+    final = curve.final
     print(f"checkpoint {description}")
-    print(f"data {source.name}: {int(metrics['count'])} examples, {model.config.halt_max_steps} supervision steps, {seconds:.1f}s")
-    print(f"exact accuracy {metrics['exact_accuracy']:.4f}  token accuracy {metrics['accuracy']:.4f}  "
-          f"q-halt accuracy {metrics['q_halt_accuracy']:.4f}  lm_loss {metrics['lm_loss']:.4f}")
+    if halting_skipped:
+        print(halting_skipped)
+    _print_step_curve(curve)
+    print(f"data {source.name}: {int(final['count'])} examples, {max_steps} supervision steps, {curve.seconds:.1f}s")
+    print(f"exact accuracy {final['exact_accuracy']:.4f}  token accuracy {final['accuracy']:.4f}  "
+          f"q-halt accuracy {final['q_halt_accuracy']:.4f}  lm_loss {final['lm_loss']:.4f}")
+    if halting is not None:
+        _print_halting_comparison(curve, halting, max_steps)
+    if args.json:
+        report = {"checkpoint": description, "data": source.name, "examples": int(final["count"]),
+                  "halt_max_steps": max_steps, "all_steps": curve.to_dict(),
+                  "halting": halting.to_dict() if halting is not None else None, "halting_skipped": halting_skipped}
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    if args.image:
+        from trm_fast import plots
+
+        figure = plots.step_accuracy_figure(curve.steps, halting.metrics if halting is not None else None,
+                                            title=f"{source.name} - {description}")
+        print(f"wrote {plots.save_figure(figure, args.image)}")
     return 0
 
 
@@ -345,26 +371,37 @@ def make_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.set_defaults(handler=cmd_train)
 
-    for name, helptext in (("eval", "exact/token accuracy of a checkpoint"), ("solve", "show the model solving one example")):
-        sub = commands.add_parser(name, help=helptext)
+    for name, helptext in (("eval", "exact/token accuracy of a checkpoint, after each supervision step and halting"),
+                           ("solve", "show the model solving one example")):
+        sub = commands.add_parser(name, help=helptext, formatter_class=_DefaultsHelpFormatter)
         sub.add_argument("--checkpoint", required=True,
-                         help="checkpoint file, run directory (its newest checkpoint), or a reference-project state dict")
-        sub.add_argument("--data", default=None,
-                         help="dataset folder (test split) or maze / Sudoku CSV; default: the checkpoint's training data")
+                         help="a shipped model (maze-cpu, sudoku-cpu), an exported model folder, a run directory "
+                              "(its newest checkpoint), a checkpoint file or a reference-project state dict")
+        sub.add_argument("--dataset", "--data", dest="dataset", default=None,
+                         help="dataset folder (test split) or maze / Sudoku CSV; default: the checkpoint's own test "
+                              "data (a run's dataset, a shipped model's held-out test set)")
+        sub.add_argument("--weights", choices=("ema", "raw"), default=None,
+                         help="the EMA or the raw weights of a run that has both; default: EMA when the run has them")
         sub.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
         sub.add_argument("--engine", choices=("fast", "reference"), default="fast",
-                         help="fast (fused ops, default) or reference (the plain spec model)")
+                         help="fast (fused ops) or reference (the plain spec model)")
         sub.add_argument("--backend", choices=("auto", "torch", "triton", "cuda"), default=None,
-                         help="implementation of the fast engine's fused ops (default: auto)")
-        sub.add_argument("--model-set", action="append", metavar="FIELD=VALUE",
+                         help="implementation of the fast engine's fused ops; default: auto")
+        sub.add_argument("--set", "--model-set", dest="model_set", action="append", metavar="FIELD=VALUE",
                          help="model settings the weights cannot tell (reference checkpoints), e.g. l_cycles=4")
         if name == "eval":
-            sub.add_argument("--batch-size", type=int, default=None)
+            sub.add_argument("--batch-size", type=int, default=256, help="examples run at a time")
             sub.add_argument("--limit", type=int, default=None, help="evaluate the first N examples only")
             sub.add_argument("--loss-type", choices=("stablemax", "softmax"), default="stablemax")
+            sub.add_argument("--halt", action="store_true",
+                             help="also run every example until its own Q-halt decision (halted examples' slots "
+                                  "take waiting ones) and compare accuracy, steps, compute and time with all steps")
+            sub.add_argument("--json", metavar="FILE", default=None, help="write every figure into this JSON file")
+            sub.add_argument("--image", "--plot", dest="image", metavar="FILE.png", default=None,
+                             help="draw the accuracy after each supervision step (and the halting result)")
             sub.set_defaults(handler=cmd_eval)
         else:
-            sub.add_argument("--index", type=int, default=0)
+            sub.add_argument("--index", type=int, default=0, help="which example of the data")
             sub.add_argument("--steps", action="store_true", help="show the answer after every supervision step")
             sub.add_argument("--image", metavar="FILE.png", default=None,
                              help="also draw the question and the answer after every supervision step into an image")
