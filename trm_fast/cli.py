@@ -41,7 +41,7 @@ class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows an option's default in its help unless it is None or False (their help says what happens)."""
 
     def _get_help_string(self, action):
-        if action.default in (None, False):
+        if action.default is None or action.default is False:
             return action.help
         return super()._get_help_string(action)
 
@@ -382,7 +382,8 @@ def make_parser() -> argparse.ArgumentParser:
                               "data (a run's dataset, a shipped model's held-out test set)")
         sub.add_argument("--weights", choices=("ema", "raw"), default=None,
                          help="the EMA or the raw weights of a run that has both; default: EMA when the run has them")
-        sub.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+        sub.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                         help="where the model runs; auto: the GPU when there is one")
         sub.add_argument("--engine", choices=("fast", "reference"), default="fast",
                          help="fast (fused ops) or reference (the plain spec model)")
         sub.add_argument("--backend", choices=("auto", "torch", "triton", "cuda"), default=None,
@@ -392,7 +393,8 @@ def make_parser() -> argparse.ArgumentParser:
         if name == "eval":
             sub.add_argument("--batch-size", type=int, default=256, help="examples run at a time")
             sub.add_argument("--limit", type=int, default=None, help="evaluate the first N examples only")
-            sub.add_argument("--loss-type", choices=("stablemax", "softmax"), default="stablemax")
+            sub.add_argument("--loss-type", choices=("stablemax", "softmax"), default="stablemax",
+                             help="the loss reported as lm_loss")
             sub.add_argument("--halt", action="store_true",
                              help="also run every example until its own Q-halt decision (halted examples' slots "
                                   "take waiting ones) and compare accuracy, steps, compute and time with all steps")

@@ -221,9 +221,11 @@ class PuzzleFormat:
             return [ch for ch in text if ch not in "\r\n"]
         return text.split()
 
-    def is_row(self, text: str) -> bool:
-        """Whether a string is one row of a puzzle (rather than a whole puzzle)."""
-        return "\n" not in text.strip("\n") and len(self._text_cells(text)) == self.side != self.seq_len
+    def are_rows(self, texts: Sequence[str]) -> bool:
+        """Whether strings are the rows of one puzzle (rather than whole puzzles): none spans lines
+        or holds a whole grid."""
+        return self.side != self.seq_len and not any(
+            "\n" in text.strip("\n") or len(self._text_cells(text)) == self.seq_len for text in texts)
 
     def encode_text(self, text: str, where: str) -> np.ndarray:
         rows = [row for row in text.split("\n") if row.strip("\r")] if "\n" in text.strip("\n") else [text]
@@ -316,7 +318,7 @@ class PuzzleFormat:
         if not isinstance(puzzles, (list, tuple)) or not puzzles:
             raise DataError(where, f"expected a puzzle or a non-empty list of them, got {type(puzzles).__name__}"
                                    + (" (empty)" if isinstance(puzzles, (list, tuple)) else ""))
-        if all(isinstance(item, str) for item in puzzles) and self.is_row(puzzles[0]):
+        if all(isinstance(item, str) for item in puzzles) and self.are_rows(puzzles):
             return self.encode_rows(puzzles, where)[None], True  # one puzzle as a list of rows
         if all(isinstance(item, (int, np.integer)) for item in puzzles) or all(
                 isinstance(item, (list, tuple)) and item and all(isinstance(v, (int, np.integer)) for v in item)
