@@ -217,13 +217,18 @@ def test_data_voted_over_every_step_runs_all_steps_with_one_line(run, tmp_path, 
     assert report["halting"] is None and report["halting_skipped"] == notes[0]
 
 
-def test_eval_and_solve_cli_errors_are_one_line(run, capsys):
+def test_eval_and_solve_cli_errors_are_one_line(run, tmp_path, capsys):
     assert main(["eval", "--checkpoint", "no-such-model"]) == 2
     one_error_line(capsys, "checkpoint not found (nor a shipped model")
     assert main(["eval", "--checkpoint", str(run / "run"), *DEVICE, "--weights", "best"]) == 2
     one_error_line(capsys, "invalid choice")
     assert main(["eval", "--checkpoint", str(run / "run"), *DEVICE, "--image", "x.nope"]) == 2
     one_error_line(capsys, "unknown image type")
+    from trm_fast.data import generate_mazes, write_maze_csv
+
+    other_size = write_maze_csv(tmp_path / "mazes-7x7.csv", *generate_mazes(2, 7, style="random"))
+    assert main(["eval", "--checkpoint", str(run / "run"), *DEVICE, "--dataset", str(other_size)]) == 2
+    one_error_line(capsys, f"{other_size}: vocabulary 6 / sequence length 49 do not match the model's 6 / 36")
 
 
 def test_eval_and_solve_help_shows_defaults(capsys):

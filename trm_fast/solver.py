@@ -137,10 +137,11 @@ def read_checkpoint(path_or_name: str | Path, weights: Optional[str] = None) -> 
     return Checkpoint(path, state_dict, meta, "ema" if has_ema else "raw")
 
 
-def model_config(checkpoint: Checkpoint, settings: Optional[dict] = None,
-                 data: Optional[PuzzleMetadata] = None) -> TRMConfig:
+def model_config(checkpoint: Checkpoint, settings: Optional[dict] = None, data: Optional[PuzzleMetadata] = None,
+                 data_name: str = "data") -> TRMConfig:
     """The checkpoint's model config: saved (trm-fast, exported) or inferred from the weights
-    (reference files), with `settings` (TRMConfig fields) on top; checked against `data` when given."""
+    (reference files), with `settings` (TRMConfig fields) on top; checked against `data` (the
+    metadata of the file or folder `data_name`) when given."""
     settings = dict(settings or {})
     saved = checkpoint.saved_model_config
     if saved is not None:
@@ -156,8 +157,8 @@ def model_config(checkpoint: Checkpoint, settings: Optional[dict] = None,
         except ValueError as error:  # shapes that do not fit, or TRMConfig's checks on the settings
             raise CheckpointError(f"{checkpoint.path}: {error}") from None
     if data is not None and (config.vocab_size != data.vocab_size or config.seq_len != data.seq_len):
-        raise DataError(None, f"vocabulary {data.vocab_size} / sequence length {data.seq_len} of the data do not "
-                              f"match the model's {config.vocab_size} / {config.seq_len}")
+        raise DataError(data_name, f"vocabulary {data.vocab_size} / sequence length {data.seq_len} do not match "
+                                   f"the model's {config.vocab_size} / {config.seq_len}")
     return config
 
 
@@ -417,7 +418,7 @@ def load_for_eval(checkpoint: str | Path, dataset: Optional[str | Path] = None, 
     if data_path is None:
         raise DataError(found.path, "does not say which data it was trained on: give a dataset folder or CSV (--dataset)")
     source = open_eval_source(data_path)
-    config = model_config(found, known, source.metadata)
+    config = model_config(found, known, source.metadata, source.name)
     device = device if device is not None else pick_device("auto")
     model = build_model(found, config, device, engine, backend, log)
     kind, geometry = _checkpoint_kind(found)

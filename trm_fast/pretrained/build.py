@@ -71,6 +71,7 @@ def export_model(run_dir: str | Path, out_dir: str | Path, name: str, command: O
     out.mkdir(parents=True, exist_ok=True)
     weights = {key: value.detach().to(torch.float32).contiguous() for key, value in checkpoint.state_dict.items()}
     save_file(weights, str(out / pretrained.WEIGHTS_FILE))
+    (out / pretrained.WEIGHTS_FILE).chmod(0o644)  # safetensors writes it private; it ships to everyone
     final_eval_path = Path(run_dir) / "final_eval.json"
     final_eval = json.loads(final_eval_path.read_text()) if final_eval_path.is_file() else None
     info = {
