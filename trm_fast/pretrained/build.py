@@ -162,6 +162,19 @@ def build(name: str, run_dir: str | Path, out_root: str | Path = pretrained.ROOT
     return folder
 
 
+def figures_table(folder: Path) -> str:
+    """The held-out figures of an exported model as a markdown table (docs/pretrained.md)."""
+    info = json.loads((folder / pretrained.CONFIG_FILE).read_text())
+    lines = ["| held-out set | examples | exact (all steps) | token | exact, halting | mean steps, halting |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for entry in info["held_out"]:
+        halting = entry["halting"]
+        lines.append(f"| `{entry['file']}`: {entry['description']} | {entry['examples']} | "
+                     f"**{entry['exact_accuracy']:.1%}** | {entry['accuracy']:.2%} | {halting['exact_accuracy']:.1%} | "
+                     f"{halting['mean_steps']:.2f} |")
+    return "\n".join(lines)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trm_fast.pretrained.build", description=__doc__.splitlines()[0])
     parser.add_argument("name", choices=sorted(HELD_OUT))
@@ -169,7 +182,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--out", default=str(pretrained.ROOT), help="folder that receives <name>/")
     parser.add_argument("--command", default=None, help="the training command, recorded in model.json")
     args = parser.parse_args(argv)
-    build(args.name, args.run_dir, args.out, args.command)
+    folder = build(args.name, args.run_dir, args.out, args.command)
+    print(figures_table(folder))
     return 0
 
 
