@@ -14,6 +14,7 @@ packages = [
     "trm_fast.data",
     "trm_fast.train",
     "trm_fast.study",
+    "trm_fast.pretrained",  # the shipped models: trm_fast/pretrained/<name>/ (package data below)
     "trm_fast.kernels",  # lives in ./kernels; never installed as a top-level `kernels`
 ]
 package_dir = {"trm_fast.kernels": "kernels"}
@@ -40,7 +41,10 @@ if os.environ.get("TRM_FAST_BUILD_CUDA", "0") == "1":
 setup(
     packages=packages,
     package_dir=package_dir,
-    package_data={"trm_fast.csrc": ["*.cu", "*.cpp", "*.h"]},
+    package_data={
+        "trm_fast.csrc": ["*.cu", "*.cpp", "*.h"],
+        "trm_fast.pretrained": ["*/model.json", "*/model.safetensors", "*/*.csv"],
+    },
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )

@@ -8,5 +8,7 @@ __version__ = "0.1.0"
 from trm_fast.model.fast import FastTRM  # noqa: E402
 from trm_fast.model.reasoner import ReasonerState, RecursiveReasoner  # noqa: E402
 from trm_fast.model.reference import TRM, TRMConfig  # noqa: E402
+from trm_fast.solver import Solution, Solver, load  # noqa: E402
 
-__all__ = ["FastTRM", "ReasonerState", "RecursiveReasoner", "TRM", "TRMConfig", "__version__"]
+__all__ = ["FastTRM", "ReasonerState", "RecursiveReasoner", "Solution", "Solver", "TRM", "TRMConfig", "__version__",
+           "load"]

@@ -1,8 +1,8 @@
 """`trm-fast`: train, evaluate and inspect Tiny Recursive Models from the command line.
 
     trm-fast train --dataset maze [--preset maze-cpu | --config FILE.json] [--max-minutes 10] [--set lr=3e-4]
-    trm-fast eval  --checkpoint runs/x [--dataset data/maze-... | mazes.csv]
-    trm-fast solve --checkpoint runs/x [--index 3] [--steps] [--image solve.png]
+    trm-fast eval  --checkpoint runs/x|maze-cpu [--dataset data/maze-... | mazes.csv] [--halt] [--json F] [--image F.png]
+    trm-fast solve --checkpoint runs/x|maze-cpu [--index 3] [--steps] [--image solve.png]
     trm-fast ablate [--preset maze-cpu] [--out DIR] [--only a,b] [--variant NAME:field=value,...] [--seeds K]
     trm-fast plot RUN_DIR [RUN_DIR ...] --image curves.png
     trm-fast data maze --out DIR [--style random] [--size 30] [--csv]
@@ -13,9 +13,9 @@
 
 One vocabulary: --dataset names the data, --set FIELD=VALUE changes a config field, --out DIR is a
 directory the command writes, --image FILE.png a picture, --json FILE a JSON file, --seed a seed.
-Argument parsing and printing only; the work is in trm_fast.train, trm_fast.budget, trm_fast.study and
-trm_fast.plots. Expected failures (bad data, config, checkpoint) print one line `trm-fast: error: ...`
-on stderr and exit with status 2. Set TRM_FAST_DEBUG=1 to see the traceback instead.
+Argument parsing and printing only; the work is in trm_fast.train, trm_fast.budget, trm_fast.solver,
+trm_fast.study and trm_fast.plots. Expected failures (bad data, config, checkpoint) print one line
+`trm-fast: error: ...` on stderr and exit with status 2. Set TRM_FAST_DEBUG=1 to see the traceback instead.
 """
 from __future__ import annotations
 
@@ -239,50 +239,11 @@ def cmd_presets(args) -> int:
 def load_model_for_eval(args, device):
     """(model in eval mode on the chosen engine and backend, eval data source, description of the
     checkpoint) from the `eval`/`solve` arguments."""
-    from trm_fast import config as config_lib
-    from trm_fast.model import TRMConfig, make_model
-    from trm_fast.model.compat import CheckpointError, infer_config, load_any_state_dict, load_model_weights
-    from trm_fast.train.run_directory import latest_checkpoint
-    from trm_fast.train.data import open_eval_source
+    from trm_fast.solver import load_for_eval
 
-    checkpoint, data_path = args.checkpoint, args.data
-    known = config_lib.parse_fields(TRMConfig, args.model_set or [])
-    path = Path(checkpoint)
-    if path.is_dir():
-        found = latest_checkpoint(path)
-        if found is None:
-            raise CheckpointError(f"{path}: no checkpoints/step_*.pt in this run directory")
-        path = found
-    state_dict, meta = load_any_state_dict(path)
-    saved_data = (meta.get("data") or {}).get("dir") if isinstance(meta.get("data"), dict) else None
-    if data_path is None and saved_data is None:
-        raise UsageError("--data is needed: the checkpoint does not say which data it was trained on")
-    source = open_eval_source(data_path or saved_data)
-    if meta.get("format") == "trm-fast" and "model_config" in meta:
-        values = dict(meta["model_config"])
-        values.update(known)
-        try:
-            config = TRMConfig.from_dict(values)
-        except ValueError as error:
-            raise CheckpointError(f"{path}: bad model config ({error})") from None
-    else:
-        known.setdefault("seq_len", source.metadata.seq_len)
-        try:
-            config = infer_config(state_dict, **known)
-        except ValueError as error:  # shapes that do not fit, or TRMConfig's checks on --model-set values
-            raise UsageError(f"{path}: {error}") from None
-    if config.vocab_size != source.metadata.vocab_size or config.seq_len != source.metadata.seq_len:
-        raise UsageError(
-            f"{source.name}: vocabulary {source.metadata.vocab_size} / sequence length {source.metadata.seq_len} "
-            f"do not match the model's {config.vocab_size} / {config.seq_len}"
-        )
-    model = make_model(config, args.engine, args.backend)
-    load_model_weights(model, state_dict, source=str(path))
-    model.to(device).eval()
-    step = meta.get("step")
-    description = (f"{path}" + (f" (step {step})" if step is not None else "") + f", {meta.get('format', '?')} format, "
-                   f"engine {args.engine}")
-    return model, source, description
+    loaded, source = load_for_eval(args.checkpoint, args.dataset, settings=args.model_set or [], engine=args.engine,
+                                   backend=args.backend, weights=args.weights, device=device, log=print)
+    return loaded.model, source, loaded.description
 
 
 def _device(name: Optional[str]):
@@ -291,20 +252,75 @@ def _device(name: Optional[str]):
     return pick_device(name or "auto")
 
 
-def cmd_eval(args) -> int:
-    from trm_fast.train.evaluate import evaluate
+def _print_step_curve(curve) -> None:
+    print(f"accuracy after each supervision step (every example runs all {len(curve.steps)}):")
+    print("  step     exact     token  q-halt acc.")
+    for step, metrics in enumerate(curve.steps, 1):
+        print(f"  {step:4d}  {metrics['exact_accuracy']:8.2%}  {metrics['accuracy']:8.2%}  {metrics['q_halt_accuracy']:8.2%}")
 
+
+def _print_halting_comparison(curve, halting, max_steps: int) -> None:
+    final = curve.final
+    rows = [
+        ("exact accuracy", f"{final['exact_accuracy']:.2%}", f"{halting.metrics['exact_accuracy']:.2%}"),
+        ("token accuracy", f"{final['accuracy']:.2%}", f"{halting.metrics['accuracy']:.2%}"),
+        ("mean supervision steps", f"{max_steps:.2f}", f"{halting.metrics['steps']:.2f}"),
+        ("example-steps (compute)", f"{curve.example_steps:,}",
+         f"{halting.example_steps:,} ({halting.example_steps / max(curve.example_steps, 1):.1%})"),
+        ("GFLOP", f"{curve.flops / 1e9:,.2f}", f"{halting.flops / 1e9:,.2f}"),
+        ("wall time", f"{curve.seconds:.2f}s", f"{halting.seconds:.2f}s ({halting.seconds / max(curve.seconds, 1e-9):.2f}x)"),
+    ]
+    print(f"halting: each example stops at its own Q-halt decision or after {max_steps} steps; stopped examples' "
+          "slots take waiting ones")
+    print(f"  {'':24s}  {'all steps':>12s}  {'halting':>12s}")
+    for name, everything, halted in rows:
+        print(f"  {name:24s}  {everything:>12s}  {halted:>12s}")
+    print("  stopped after step: " + "  ".join(f"{step}: {count}" for step, count in enumerate(halting.steps_histogram, 1)))
+
+
+def cmd_eval(args) -> int:
+    import json
+
+    from trm_fast.train.evaluate import evaluate_each_step, evaluate_with_halting
+
+    if args.image:
+        from trm_fast.plots import check_image_path
+
+        check_image_path(args.image)
     device = _device(args.device)
     model, source, description = load_model_for_eval(args, device)
-    started = time.monotonic()
-    batch_size = args.batch_size or 256
-    metrics = evaluate(model, source.batches(batch_size, args.limit), device, loss_type=args.loss_type,
-                       backend=args.backend, prefix="")
-    seconds = time.monotonic() - started
+    max_steps = model.config.halt_max_steps
+    batch_size = args.batch_size
+    curve = evaluate_each_step(model, source.batches(batch_size, args.limit), device, loss_type=args.loss_type,
+                               backend=args.backend)
+    halting, halting_skipped = None, None
+    if args.halt and source.needs_all_steps:
+        halting_skipped = f"{source.name}: its answers are voted over every supervision step, so --halt runs all {max_steps}"
+    elif args.halt:
+        halting = evaluate_with_halting(model, source.batches(batch_size, args.limit), device, batch_size,
+                                        loss_type=args.loss_type, backend=args.backend)
+    final = curve.final
     print(f"checkpoint {description}")
-    print(f"data {source.name}: {int(metrics['count'])} examples, {model.config.halt_max_steps} supervision steps, {seconds:.1f}s")
-    print(f"exact accuracy {metrics['exact_accuracy']:.4f}  token accuracy {metrics['accuracy']:.4f}  "
-          f"q-halt accuracy {metrics['q_halt_accuracy']:.4f}  lm_loss {metrics['lm_loss']:.4f}")
+    if halting_skipped:
+        print(halting_skipped)
+    _print_step_curve(curve)
+    print(f"data {source.name}: {int(final['count'])} examples, {max_steps} supervision steps, {curve.seconds:.1f}s")
+    print(f"exact accuracy {final['exact_accuracy']:.4f}  token accuracy {final['accuracy']:.4f}  "
+          f"q-halt accuracy {final['q_halt_accuracy']:.4f}  lm_loss {final['lm_loss']:.4f}")
+    if halting is not None:
+        _print_halting_comparison(curve, halting, max_steps)
+    if args.json:
+        report = {"checkpoint": description, "data": source.name, "examples": int(final["count"]),
+                  "halt_max_steps": max_steps, "all_steps": curve.to_dict(),
+                  "halting": halting.to_dict() if halting is not None else None, "halting_skipped": halting_skipped}
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    if args.image:
+        from trm_fast import plots
+
+        figure = plots.step_accuracy_figure(curve.steps, halting.metrics if halting is not None else None,
+                                            title=f"{source.name} - {description}")
+        print(f"wrote {plots.save_figure(figure, args.image)}")
     return 0
 
 
@@ -530,26 +546,39 @@ def make_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.set_defaults(handler=cmd_train)
 
-    for name, helptext in (("eval", "exact/token accuracy of a checkpoint"), ("solve", "show the model solving one example")):
+    for name, helptext in (("eval", "exact/token accuracy of a checkpoint, after each supervision step and halting"),
+                           ("solve", "show the model solving one example")):
         sub = commands.add_parser(name, help=helptext)
         sub.add_argument("--checkpoint", required=True,
-                         help="checkpoint file, run directory (its newest checkpoint), or a reference-project state dict")
-        sub.add_argument("--data", default=None,
-                         help="dataset folder (test split) or maze / Sudoku CSV; default: the checkpoint's training data")
-        sub.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+                         help="a shipped model (maze-cpu, sudoku-cpu), an exported model folder, a run directory "
+                              "(its newest checkpoint), a checkpoint file or a reference-project state dict")
+        sub.add_argument("--dataset", "--data", dest="dataset", default=None,
+                         help="dataset folder (test split) or maze / Sudoku CSV; default: the checkpoint's own test "
+                              "data (a run's dataset, a shipped model's held-out test set)")
+        sub.add_argument("--weights", choices=("ema", "raw"), default=None,
+                         help="the EMA or the raw weights of a run that has both; default: EMA when the run has them")
+        sub.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                         help="where the model runs; auto: the GPU when there is one")
         sub.add_argument("--engine", choices=("fast", "reference"), default="fast",
-                         help="fast (fused ops, default) or reference (the plain spec model)")
+                         help="fast (fused ops) or reference (the plain spec model)")
         sub.add_argument("--backend", choices=("auto", "torch", "triton", "cuda"), default=None,
-                         help="implementation of the fast engine's fused ops (default: auto)")
-        sub.add_argument("--model-set", action="append", metavar="FIELD=VALUE",
+                         help="implementation of the fast engine's fused ops; default: auto")
+        sub.add_argument("--set", "--model-set", dest="model_set", action="append", metavar="FIELD=VALUE",
                          help="model settings the weights cannot tell (reference checkpoints), e.g. l_cycles=4")
         if name == "eval":
-            sub.add_argument("--batch-size", type=int, default=None)
+            sub.add_argument("--batch-size", type=int, default=256, help="examples run at a time")
             sub.add_argument("--limit", type=int, default=None, help="evaluate the first N examples only")
-            sub.add_argument("--loss-type", choices=("stablemax", "softmax"), default="stablemax")
+            sub.add_argument("--loss-type", choices=("stablemax", "softmax"), default="stablemax",
+                             help="the loss reported as lm_loss")
+            sub.add_argument("--halt", action="store_true",
+                             help="also run every example until its own Q-halt decision (halted examples' slots "
+                                  "take waiting ones) and compare accuracy, steps, compute and time with all steps")
+            sub.add_argument("--json", metavar="FILE", default=None, help="write every figure into this JSON file")
+            sub.add_argument("--image", "--plot", dest="image", metavar="FILE.png", default=None,
+                             help="draw the accuracy after each supervision step (and the halting result)")
             sub.set_defaults(handler=cmd_eval)
         else:
-            sub.add_argument("--index", type=int, default=0)
+            sub.add_argument("--index", type=int, default=0, help="which example of the data")
             sub.add_argument("--steps", action="store_true", help="show the answer after every supervision step")
             sub.add_argument("--image", metavar="FILE.png", default=None,
                              help="also draw the question and the answer after every supervision step into an image")

@@ -1,5 +1,5 @@
-"""Pictures: an ablation study's figure, any runs' training curves, and a model solving a maze or a
-Sudoku.
+"""Pictures: an ablation study's figure, any runs' training curves, a model solving a maze or a
+Sudoku, and accuracy against supervision steps.
 
 Every function returns a matplotlib `Figure` (object-oriented API on the Agg canvas: no pyplot, no
 global backend switch, no display needed) and `save_figure` writes it:
@@ -7,6 +7,7 @@ global backend switch, no display needed) and `save_figure` writes it:
     figure = ablation_figure(report)                 # report = trm_fast.study.build_report(study)
     figure = runs_figure([load_run(d) for d in run_dirs])
     figure = solve_figure(question, answers, q_halts, labels, vocab_size=6)
+    figure = step_accuracy_figure(curve.steps, halting.metrics)   # trm-fast eval --image
     save_figure(figure, "out.png")
 """
 from __future__ import annotations
@@ -402,3 +403,30 @@ def _token_colours(vocab_size: int) -> np.ndarray:
 
     base = colormaps["tab20"].colors
     return np.array([base[i % len(base)] for i in range(max(vocab_size, 1))])
+
+
+def step_accuracy_figure(per_step: Sequence[dict], halting: Optional[dict] = None, title: Optional[str] = None) -> Figure:
+    """Exact and token accuracy against supervision steps (`trm_fast.train.evaluate.StepCurve.steps`:
+    one metrics dict per step). With `halting` (the metrics of an evaluation where each example
+    stopped at its own Q-halt decision) its accuracies are marked at its mean number of steps."""
+    steps = np.arange(1, len(per_step) + 1)
+    figure = new_figure(6.4, 4.0)
+    axes = figure.subplots()
+    axes.plot(steps, [100 * m["exact_accuracy"] for m in per_step], "o-", color="tab:blue", label="exact (all steps run)")
+    axes.plot(steps, [100 * m["accuracy"] for m in per_step], "s--", color="tab:orange", label="token (all steps run)")
+    if halting is not None:
+        mean_steps = halting["steps"]
+        axes.plot([mean_steps], [100 * halting["exact_accuracy"]], "*", markersize=14, color="tab:blue",
+                  markeredgecolor="black", label=f"exact, halting (mean {mean_steps:.2f} steps)")
+        axes.plot([mean_steps], [100 * halting["accuracy"]], "*", markersize=14, color="tab:orange",
+                  markeredgecolor="black", label="token, halting")
+    axes.set_xlabel("supervision steps")
+    axes.set_ylabel("accuracy (%)")
+    axes.set_xticks(steps)
+    axes.set_ylim(0, 101)
+    axes.grid(True, alpha=0.3)
+    axes.legend(fontsize=8, loc="lower right")
+    if title:
+        axes.set_title(title, fontsize=8)
+    figure.tight_layout()
+    return figure

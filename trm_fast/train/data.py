@@ -177,6 +177,9 @@ class EvalSource:
     split: PuzzleSplit
     kind: str = "grid"  # "maze" | "sudoku" | "grid" (anything else: token ids)
     geometry: Optional[sudoku_lib.Geometry] = None  # Sudoku only
+    # True for data whose answers are voted over every supervision step (ARC): evaluation then
+    # runs all steps even when asked to halt early.
+    needs_all_steps: bool = False
 
     @property
     def metadata(self) -> PuzzleMetadata:
