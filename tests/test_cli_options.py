@@ -170,6 +170,7 @@ def test_a_gpu_run_prints_its_estimated_duration_before_it_starts(monkeypatch, c
 
 def test_a_study_run_that_filled_its_minutes_resumes_on_its_measured_schedule(tmp_path):
     from trm_fast import study as study_lib
+    from trm_fast.study import runner
 
     study = study_lib.make_study(out=tmp_path / "study", cuda_available=False, max_minutes=60, only=["baseline"])
     run = study.runs[0]
@@ -177,10 +178,10 @@ def test_a_study_run_that_filled_its_minutes_resumes_on_its_measured_schedule(tm
     measured = config_lib.from_dict(config_lib.to_dict(run.config))
     measured.max_steps = 777  # what the trainer wrote into config.json after its warm-up
     config_lib.save_json(measured, run.run_dir / "config.json")
-    study_lib._check_run_config(run)  # the measured length is not "another config"
-    assert study_lib._invocation_config(run, "resume").max_steps == 777
-    assert study_lib._invocation_config(run, "new").max_steps is None
+    runner._check_run_config(run)  # the measured length is not "another config"
+    assert runner._invocation_config(run, "resume").max_steps == 777
+    assert runner._invocation_config(run, "new").max_steps is None
     measured.lr = 0.5
     config_lib.save_json(measured, run.run_dir / "config.json")
     with pytest.raises(study_lib.StudyError, match="lr: 0.5 there"):
-        study_lib._check_run_config(run)
+        runner._check_run_config(run)
