@@ -80,3 +80,15 @@ def test_the_python_api_page_example_runs_as_written():
                             env={"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "2", "PATH": "/usr/bin:/bin"})
     assert result.returncode == 0, result.stderr[-2000:]
     assert "solved in" in result.stdout and "supervision steps" in result.stdout
+
+
+def test_the_readme_example_runs_as_written():
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Use a trained model"):readme.index("## Command line")]
+    (block,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    result = subprocess.run([sys.executable, "-c", block], capture_output=True, text=True, cwd=REPO, timeout=300,
+                            env={"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "2", "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    *maze_rows, summary = result.stdout.rstrip("\n").split("\n")
+    assert [len(row) for row in maze_rows] == [7] * 7 and "S" in "".join(maze_rows) and "G" in "".join(maze_rows)
+    assert "supervision steps, q_halt" in summary

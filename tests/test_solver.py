@@ -125,7 +125,7 @@ def run(tmp_path_factory):
 def test_a_run_directory_its_checkpoint_and_its_export_solve_alike(run, tmp_path):
     import trm_fast
     from trm_fast.pretrained.build import export_model
-    from trm_fast.train.checkpoint import latest_checkpoint
+    from trm_fast.train.run_directory import latest_checkpoint
 
     exported = export_model(run / "run", tmp_path, "tiny")
     info = json.loads((exported / "model.json").read_text())

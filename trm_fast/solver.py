@@ -79,7 +79,7 @@ class Checkpoint:
 def find_checkpoint(path_or_name: str | Path) -> Path:
     """The file or exported model folder that `path_or_name` names (a shipped model's name, a run
     directory: its newest checkpoint)."""
-    from trm_fast.train.checkpoint import latest_checkpoint
+    from trm_fast.train.run_directory import latest_checkpoint
 
     path = Path(path_or_name)
     if not path.exists():
@@ -131,7 +131,7 @@ def read_checkpoint(path_or_name: str | Path, weights: Optional[str] = None) -> 
     if weights == "ema" and not has_ema:
         raise CheckpointError(f"{path}: this run trained without EMA, so it has raw weights only (--weights raw)")
     if weights == "raw" and has_ema:
-        from trm_fast.train.checkpoint import load_checkpoint
+        from trm_fast.train.run_directory import load_checkpoint
 
         return Checkpoint(path, dict(load_checkpoint(path)["model"]), meta, "raw")
     return Checkpoint(path, state_dict, meta, "ema" if has_ema else "raw")
