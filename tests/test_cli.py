@@ -67,7 +67,7 @@ def test_eval_and_solve_run_the_chosen_engine_and_backend(trained_run, engine, b
     monkeypatch.setattr(cli, "load_model_for_eval", load_and_count)
     monkeypatch.setattr(rms_kernels, "rms_norm_residual_fwd", lambda *args: launches.append(1) or launch(*args))
     chosen = ["--engine", engine, "--device", "cpu"] + (["--backend", backend] if backend else [])
-    for command in (["eval"], ["solve", "--index", "1"]):
+    for command in (["eval", "--limit", "2"], ["solve", "--index", "1"]):
         launches.clear()
         assert main([*command, "--checkpoint", str(trained_run / "run"), *chosen]) == 0, command
         model, calls = loaded[-1]

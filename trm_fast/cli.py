@@ -564,24 +564,24 @@ def make_parser() -> argparse.ArgumentParser:
         sub.add_argument("--backend", choices=("auto", "torch", "triton", "cuda"), default=None,
                          help="implementation of the fast engine's fused ops; default: auto")
         sub.add_argument("--set", "--model-set", dest="model_set", action="append", metavar="FIELD=VALUE",
-                         help="model settings the weights cannot tell (reference checkpoints), e.g. l_cycles=4")
+                         help="model settings the weights cannot tell (reference checkpoints), e.g. l_cycles=4; default: what the checkpoint says")
         if name == "eval":
             sub.add_argument("--batch-size", type=int, default=256, help="examples run at a time")
-            sub.add_argument("--limit", type=int, default=None, help="evaluate the first N examples only")
+            sub.add_argument("--limit", type=int, default=None, help="evaluate the first N examples only; default: all of them")
             sub.add_argument("--loss-type", choices=("stablemax", "softmax"), default="stablemax",
                              help="the loss reported as lm_loss")
             sub.add_argument("--halt", action="store_true",
                              help="also run every example until its own Q-halt decision (halted examples' slots "
                                   "take waiting ones) and compare accuracy, steps, compute and time with all steps")
-            sub.add_argument("--json", metavar="FILE", default=None, help="write every figure into this JSON file")
+            sub.add_argument("--json", metavar="FILE", default=None, help="write every figure into this JSON file; default: none written")
             sub.add_argument("--image", "--plot", dest="image", metavar="FILE.png", default=None,
-                             help="draw the accuracy after each supervision step (and the halting result)")
+                             help="draw the accuracy after each supervision step (and the halting result); default: no picture")
             sub.set_defaults(handler=cmd_eval)
         else:
             sub.add_argument("--index", type=int, default=0, help="which example of the data")
             sub.add_argument("--steps", action="store_true", help="show the answer after every supervision step")
             sub.add_argument("--image", metavar="FILE.png", default=None,
-                             help="also draw the question and the answer after every supervision step into an image")
+                             help="also draw the question and the answer after every supervision step into an image; default: no picture")
             sub.set_defaults(handler=cmd_solve)
 
 
