@@ -385,6 +385,14 @@ class ACTCarry:
             self.current_data[key].copy_(value)
 
 
+def q_head_says_halt(config: TRMConfig, q_halt: torch.Tensor, q_continue: torch.Tensor) -> torch.Tensor:
+    """The Q head's halting decision per slot: q_halt > 0, or q_halt > q_continue when the model
+    learns Q-continue. Training adds exploration on top; `trm-fast eval --halt` uses it as is."""
+    if config.no_act_continue:
+        return q_halt > 0
+    return q_halt > q_continue
+
+
 class TRM(nn.Module):
     """The ACT wrapper: persistent batch carry, halting and exploration, one supervision step per call."""
 
@@ -432,10 +440,7 @@ class TRM(nn.Module):
             halted = is_last_step
             # Evaluation always runs every step so a batch halts together.
             if self.training and config.halt_max_steps > 1:
-                if config.no_act_continue:
-                    halted = halted | (q_halt > 0)
-                else:
-                    halted = halted | (q_halt > q_continue)
+                halted = halted | q_head_says_halt(config, q_halt, q_continue)
                 # Exploration: some slots must run a random minimum number of steps first.
                 explore = torch.rand_like(q_halt) < config.halt_exploration_prob
                 min_steps = explore * torch.randint_like(steps, low=2, high=config.halt_max_steps + 1)

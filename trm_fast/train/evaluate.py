@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from trm_fast.flops import eval_step_flops
-from trm_fast.model.reference import ACTCarry
+from trm_fast.model.reference import ACTCarry, q_head_says_halt
 from trm_fast.train.distributed import DistContext, all_reduce_sum
 from trm_fast.train.losses import HALTED_METRICS, METRIC_NAMES, act_loss, summarise
 
@@ -153,11 +153,8 @@ def evaluate_each_step(
 
 
 def q_says_halt(config, outputs: dict) -> torch.Tensor:
-    """The Q head's decision per row: q_halt > 0, or q_halt > q_continue when the model learnt
-    Q-continue (no_act_continue False); the rule of TRM.forward in training."""
-    if config.no_act_continue:
-        return outputs["q_halt_logits"] > 0
-    return outputs["q_halt_logits"] > outputs["q_continue_logits"]
+    """The Q head's decision per row, by the model's own rule (`q_head_says_halt`)."""
+    return q_head_says_halt(config, outputs["q_halt_logits"], outputs["q_continue_logits"])
 
 
 def halt_decision(config, outputs: dict, steps: torch.Tensor, use_q_head: bool = True) -> torch.Tensor:
