@@ -1,7 +1,7 @@
 """`trm-fast`: train, evaluate and inspect Tiny Recursive Models from the command line.
 
     trm-fast train --dataset maze [--preset maze-cpu | --config FILE.json] [--max-minutes 10] [--set lr=3e-4]
-    trm-fast eval  --checkpoint runs/x|maze-cpu [--dataset data/maze-... | mazes.csv] [--halt] [--json F] [--image F.png]
+    trm-fast eval  --checkpoint runs/x|runs/x/best|maze-cpu [--which best] [--dataset data/maze-... | mazes.csv] [--halt] [--json F] [--image F.png]
     trm-fast solve --checkpoint runs/x|maze-cpu [--index 3] [--steps] [--image solve.png]
     trm-fast ablate [--preset maze-cpu] [--out DIR] [--only a,b] [--variant NAME:field=value,...] [--seeds K]
     trm-fast plot RUN_DIR [RUN_DIR ...] --image curves.png
@@ -242,7 +242,8 @@ def load_model_for_eval(args, device):
     from trm_fast.solver import load_for_eval
 
     loaded, source = load_for_eval(args.checkpoint, args.dataset, settings=args.model_set or [], engine=args.engine,
-                                   backend=args.backend, weights=args.weights, device=device, log=print)
+                                   backend=args.backend, weights=args.weights, device=device, log=print,
+                                   which=args.which)
     return loaded.model, source, loaded.description
 
 
@@ -551,7 +552,11 @@ def make_parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=helptext)
         sub.add_argument("--checkpoint", required=True,
                          help="a shipped model (maze-cpu, sudoku-cpu), an exported model folder, a run directory "
-                              "(its newest checkpoint), a checkpoint file or a reference-project state dict")
+                              "(its newest checkpoint; RUN_DIR/best: its best, as --which best), a checkpoint file or "
+                              "a reference-project state dict")
+        sub.add_argument("--which", choices=("newest", "best"), default="newest",
+                         help="which checkpoint of a run directory: the newest, or the best periodic evaluation's "
+                              "(best.json)")
         sub.add_argument("--dataset", "--data", dest="dataset", default=None,
                          help="dataset folder (test split) or maze / Sudoku CSV; default: the checkpoint's own test "
                               "data (a run's dataset, a shipped model's held-out test set)")

@@ -128,6 +128,9 @@ class TrainConfig:
     log_interval: int = 50
     checkpoint_interval: Optional[int] = None  # None = at every evaluation
     keep_checkpoints: int = 3
+    # The periodic-evaluation figure whose best checkpoint is kept beside the newest (best.json):
+    # exact_accuracy | accuracy (higher is better), lm_loss | loss (lower is better).
+    best_metric: str = "exact_accuracy"
 
     device: str = "auto"  # auto | cpu | cuda
     engine: str = "fast"  # fast (fused recursion) | reference (the readable spec model)
@@ -144,6 +147,7 @@ class TrainConfig:
 
 CHOICES = {
     "loss_type": ("stablemax", "softmax"),
+    "best_metric": ("exact_accuracy", "accuracy", "lm_loss", "loss"),
     "device": ("auto", "cpu", "cuda"),
     "engine": ("fast", "reference"),
     "backend": ("auto", "torch", "triton", "cuda"),

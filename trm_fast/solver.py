@@ -9,7 +9,8 @@ loading behind `trm-fast eval` / `solve` (`load_for_eval`).
 What a checkpoint can be:
 - the name of a shipped model (`trm_fast.pretrained.names()`) or an exported model folder
   (model.json + model.safetensors);
-- a run directory (its newest checkpoint) or a trm-fast checkpoint file: EMA or raw weights;
+- a run directory (its newest checkpoint; `which="best"` or the path RUN_DIR/best: the checkpoint of
+  its best periodic evaluation, best.json) or a trm-fast checkpoint file: EMA or raw weights;
 - a reference-project state dict (EMA weights); what its shapes cannot tell (recursion depth, ...)
   comes from `settings`, the sequence length from the data.
 
@@ -56,6 +57,7 @@ class Checkpoint:
     meta: dict[str, Any]  # "format": "trm-fast" | "reference" | pretrained.FORMAT; trm-fast: the checkpoint's metadata
     weights: str  # "ema" | "raw"
     info: dict[str, Any] = field(default_factory=dict)  # an exported model's model.json
+    chosen: Optional[str] = None  # picked in a run directory: "newest" | "best: eval/exact_accuracy 0.6000 in training"
 
     @property
     def data_path(self) -> Optional[str]:
@@ -72,28 +74,49 @@ class Checkpoint:
     def describe(self, engine: str) -> str:
         step = self.meta.get("step", self.info.get("trained", {}).get("steps"))
         weights = "EMA" if self.weights == "ema" else "raw"
-        return (f"{self.path}" + (f" (step {step})" if step is not None else "")
+        details = [f"step {step}"] if step is not None else []
+        details += [f"the run's {self.chosen}"] if self.chosen else []
+        return (f"{self.path}" + (f" ({', '.join(details)})" if details else "")
                 + f", {self.meta.get('format', '?')} format, {weights} weights, engine {engine}")
 
 
-def find_checkpoint(path_or_name: str | Path) -> Path:
+def find_checkpoint(path_or_name: str | Path, which: str = "newest") -> Path:
     """The file or exported model folder that `path_or_name` names (a shipped model's name, a run
-    directory: its newest checkpoint)."""
-    from trm_fast.train.run_directory import latest_checkpoint
+    directory: its newest checkpoint, or with which="best" (or RUN_DIR/best) its best one)."""
+    return _locate(path_or_name, which)[0]
 
+
+def _locate(path_or_name: str | Path, which: str = "newest") -> tuple[Path, Optional[str]]:
+    """(find_checkpoint's path, what was chosen in a run directory: "newest", "best (...)" or None)."""
+    from trm_fast.train import run_directory
+
+    if which not in run_directory.WHICH:
+        raise CheckpointError(f"which must be one of {', '.join(run_directory.WHICH)}, got {which!r}")
     path = Path(path_or_name)
+    if not path.exists() and path.name == "best" and run_directory.checkpoint_dir(path.parent).is_dir():
+        path, which = path.parent, "best"  # RUN_DIR/best
+    if path.is_dir() and not pretrained.is_model_folder(path):
+        found = run_directory.select_checkpoint(path, which)
+        if found is None and which == "best":
+            raise CheckpointError(f"{path}: no {run_directory.BEST_FILE} (the run has had no periodic evaluation: "
+                                  "eval_interval); its newest checkpoint is the default")
+        if found is None:
+            raise CheckpointError(f"{path}: no checkpoints/step_*.pt in this run directory (and no {pretrained.CONFIG_FILE})")
+        if which == "best":
+            best = run_directory.read_best(path)
+            return found, f"best: {best.get('metric', '?')} {best.get('value', float('nan')):.4f} in training"
+        return found, "newest"
+    if which == "best":
+        raise CheckpointError(f"{path}: the best checkpoint is chosen in a run directory; this is not one")
+    return _locate_plain(path, path_or_name), None
+
+
+def _locate_plain(path: Path, path_or_name: str | Path) -> Path:
     if not path.exists():
         shipped = pretrained.folder(str(path_or_name))
         if shipped is not None:
             return shipped
         raise CheckpointError(f"{path}: checkpoint not found (nor a shipped model: {', '.join(pretrained.names()) or 'none'})")
-    if path.is_dir():
-        if pretrained.is_model_folder(path):
-            return path
-        found = latest_checkpoint(path)
-        if found is None:
-            raise CheckpointError(f"{path}: no checkpoints/step_*.pt in this run directory (and no {pretrained.CONFIG_FILE})")
-        return found
     return path
 
 
@@ -109,13 +132,20 @@ def _read_exported(folder: Path) -> tuple[dict, dict]:
     return state_dict, info
 
 
-def read_checkpoint(path_or_name: str | Path, weights: Optional[str] = None) -> Checkpoint:
+def read_checkpoint(path_or_name: str | Path, weights: Optional[str] = None, which: str = "newest") -> Checkpoint:
     """Read a checkpoint's weights: `weights` "ema" or "raw" for a run that has both, None for
     what evaluation uses (EMA when the run has it). A file that holds only one kind (a run without
-    EMA, a reference-project file, an exported model) refuses the other in one line."""
+    EMA, a reference-project file, an exported model) refuses the other in one line. `which`: a run
+    directory's "newest" checkpoint or its "best" (best.json)."""
     if weights is not None and weights not in WEIGHTS:
         raise CheckpointError(f"weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
-    path = find_checkpoint(path_or_name)
+    path, chosen = _locate(path_or_name, which)
+    found = _read_located(path, weights)
+    found.chosen = chosen
+    return found
+
+
+def _read_located(path: Path, weights: Optional[str]) -> Checkpoint:
     if path.is_dir():
         state_dict, info = _read_exported(path)
         stored = info.get("weights", "ema")
@@ -406,14 +436,16 @@ def _settings(settings) -> dict:
 
 def load_for_eval(checkpoint: str | Path, dataset: Optional[str | Path] = None, *, settings=None, engine: str = "fast",
                   backend: Optional[str] = None, weights: Optional[str] = None,
-                  device: Optional[torch.device] = None, log: Optional[Callable[[str], None]] = None):
+                  device: Optional[torch.device] = None, log: Optional[Callable[[str], None]] = None,
+                  which: str = "newest"):
     """(LoadedModel, EvalSource): a checkpoint's model and the data to evaluate it on (`dataset`, a
-    folder or CSV, else the data the checkpoint names), checked to fit each other."""
+    folder or CSV, else the data the checkpoint names), checked to fit each other. `which`: a run
+    directory's "newest" or "best" checkpoint."""
     from trm_fast.train.data import open_eval_source
     from trm_fast.train.distributed import pick_device
 
     known = _settings(settings)
-    found = read_checkpoint(checkpoint, weights)
+    found = read_checkpoint(checkpoint, weights, which)
     data_path = dataset if dataset is not None else found.data_path
     if data_path is None:
         raise DataError(found.path, "does not say which data it was trained on: give a dataset folder or CSV (--dataset)")
@@ -429,14 +461,16 @@ def load_for_eval(checkpoint: str | Path, dataset: Optional[str | Path] = None, 
 
 def load(path_or_name: str | Path, *, device: Optional[str | torch.device] = None, engine: str = "fast",
          backend: Optional[str] = None, weights: Optional[str] = None, settings=None,
-         batch_size: int = DEFAULT_BATCH_SIZE) -> "Solver":
+         batch_size: int = DEFAULT_BATCH_SIZE, which: str = "newest") -> "Solver":
     """A `Solver` for a shipped model's name, an exported model folder, a run directory or a
     checkpoint file (reference-project files: `settings` gives what the weights cannot tell, e.g.
     {"seq_len": 900, "l_cycles": 4}). Runs on `device` (default: the GPU when there is one) with
-    the fast engine, `batch_size` puzzles at a time; `weights` "ema" or "raw" for a run with both."""
+    the fast engine, `batch_size` puzzles at a time; `weights` "ema" or "raw" for a run with both;
+    `which` "newest" (default) or "best" (the best periodic evaluation's, best.json) for a run
+    directory (RUN_DIR/best also names the best). repr(solver) names the file read."""
     from trm_fast.train.distributed import pick_device
 
-    found = read_checkpoint(path_or_name, weights)
+    found = read_checkpoint(path_or_name, weights, which)
     config = model_config(found, _settings(settings))
     device = torch.device(device) if device is not None else pick_device("auto")
     model = build_model(found, config, device, engine, backend)

@@ -8,7 +8,9 @@ sign-SGD); with cuda_graphs=true a `GraphedStep` captures that same object. Metr
 device and are read only at logging steps, where tokens/s and (on a GPU) model FLOP utilisation
 are logged too. The run directory (config.json, metrics.jsonl, checkpoints/, final_eval.json) is
 written and read through run_directory.py; `resume=True` continues from the newest checkpoint
-exactly (bit-identical on CPU).
+exactly (bit-identical on CPU). After each periodic evaluation whose cfg.best_metric beats the best
+so far, the checkpoint of that step (saved then if it is not a checkpoint step) is recorded in
+best.json and kept beside the newest keep_checkpoints ones (`trm-fast eval --which best`).
 """
 from __future__ import annotations
 
@@ -121,6 +123,7 @@ class Trainer:
         self.total_steps = schedule_length(cfg, self.data)
         self.step = 0
         self.last_eval: Optional[dict] = None
+        self.best: Optional[dict] = None  # run_directory.best_record of the best periodic evaluation so far
         if resume_path is not None:
             run_directory.restore_checkpoint(self, resume_path)
 
@@ -194,6 +197,8 @@ class Trainer:
         if ctx.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             run_directory.write_config(self.run_dir, cfg)
+            if self.best is not None:  # a run killed between its checkpoint and best.json: repair it
+                run_directory.write_best(self.run_dir, self.best)
             self.tracker.start(self.step)
         dist_lib.barrier(ctx)
 
@@ -257,11 +262,13 @@ class Trainer:
                     metric_sums.zero_()
                     last_log_time, last_log_step = now, self.step
 
+                new_best = False
                 if cfg.eval_interval and self.step % cfg.eval_interval == 0 and self.step < end_step:
                     self.last_eval = self.run_evaluation(cfg.eval_examples)
-                    self._append_metrics({"step": self.step, **self.last_eval})
-                    self._write(progress, self._eval_line("eval", self.last_eval))
-                if checkpoint_interval and self.step % checkpoint_interval == 0 and self.step < end_step:
+                    new_best = self._update_best(self.last_eval)
+                    self._append_metrics({"step": self.step, **self.last_eval, **self._best_fields()})
+                    self._write(progress, self._eval_line("eval", self.last_eval) + (" (best so far)" if new_best else ""))
+                if new_best or (checkpoint_interval and self.step % checkpoint_interval == 0 and self.step < end_step):
                     self.save_checkpoint()
                     saved_at = self.step
 
@@ -293,14 +300,33 @@ class Trainer:
             if stopped_by != "interrupt":
                 final_eval = self.run_evaluation(limit=None, prefix="test/")
                 self.last_eval = final_eval
-                self._append_metrics({"step": self.step, "final": True, **final_eval})
+                self._append_metrics({"step": self.step, "final": True, **final_eval, **self._best_fields()})
                 if ctx.is_main:
-                    run_directory.write_final_eval(self.run_dir, self.step, final_eval)
+                    run_directory.write_final_eval(self.run_dir, self.step, final_eval, self.best)
                 self.log(self._eval_line("held-out test (EMA weights, all steps)" if self.ema else "held-out test", final_eval))
             else:
                 self.log(f"interrupted at step {self.step}; resume with --resume --run-dir {self.run_dir}")
+            if self.best is not None:
+                self.log(f"best periodic evaluation: step {self.best['step']}, {self.best['metric']} {self.best['value']:.4f} "
+                         f"({self.run_dir / self.best['file']}; trm-fast eval --checkpoint {self.run_dir} --which best)")
         dist_lib.barrier(ctx)
         return TrainResult(self.run_dir, self.step, stopped_by, final_eval, last_train)
+
+    def _update_best(self, metrics: dict) -> bool:
+        """Record a periodic evaluation as the best when its cfg.best_metric beats the best so far
+        (every rank decides alike: the figures are reduced over all of them)."""
+        name = "eval/" + self.cfg.best_metric
+        value = float(metrics[name])
+        if not run_directory.is_better(value, self.best, self.cfg.best_metric):
+            return False
+        self.best = run_directory.best_record(self.step, name, value)
+        return True
+
+    def _best_fields(self) -> dict:
+        """eval/best_<metric> and eval/best_step of the metrics record (none before a best exists)."""
+        if self.best is None:
+            return {}
+        return {"eval/best_" + self.cfg.best_metric: self.best["value"], "eval/best_step": self.best["step"]}
 
     def _set_schedule_length(self, fit: budget_lib.ScheduleFit, length: int, progress) -> int:
         """Fix the measured schedule length (trm_fast.budget) and record it where a rerun finds it."""

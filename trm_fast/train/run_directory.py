@@ -2,7 +2,8 @@
 
     <run_dir>/config.json                        the run's TrainConfig (trm_fast.config.to_dict)
     <run_dir>/metrics.jsonl                      one JSON record a line (see `append_metrics`)
-    <run_dir>/checkpoints/step_<step:08d>.pt     the newest keep_checkpoints checkpoints
+    <run_dir>/checkpoints/step_<step:08d>.pt     the newest keep_checkpoints checkpoints, and the best one
+    <run_dir>/best.json                          the best periodic evaluation so far and its checkpoint
     <run_dir>/final_eval.json                    the final held-out evaluation; there once the run finished
 
 The trainer writes through this module (rank 0 only) and the study, `trm-fast plot` and `eval`
@@ -11,7 +12,8 @@ read through it; docs/run-directory.md describes every file.
 A checkpoint is a dict with
     format "trm-fast", version, step, model_config (TRMConfig dict), train_config (TrainConfig dict),
     model (raw weights), ema_model (averaged weights; what evaluation uses), optimizer, ema,
-    ranks: [per-rank {rng, sampler, carries}], world_size, metrics (last evaluation), data (metadata)
+    ranks: [per-rank {rng, sampler, carries}], world_size, metrics (last evaluation), data (metadata),
+    best (the best periodic evaluation up to its step, as in best.json, or None)
 `save_checkpoint` builds it from a trainer, `restore_checkpoint` puts it back (exactly, on CPU), and
 `trm_fast.model.compat.load_any_state_dict` reads its weights for evaluation. Writing goes to a
 temporary file in the same folder, fsync'ed, then os.replace'd over the target, so a crash or full
@@ -46,6 +48,10 @@ VERSION = 1
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 FINAL_EVAL_FILE = "final_eval.json"
+BEST_FILE = "best.json"
+# cfg.best_metric -> +1 when higher is better, -1 when lower is
+BEST_METRIC_SIGN = {"exact_accuracy": 1, "accuracy": 1, "lm_loss": -1, "loss": -1}
+WHICH = ("newest", "best")
 CHECKPOINT_DIR = "checkpoints"
 _NAME = re.compile(r"^step_(\d+)\.pt$")
 
@@ -64,6 +70,10 @@ def metrics_path(run_dir: str | os.PathLike) -> Path:
 
 def final_eval_path(run_dir: str | os.PathLike) -> Path:
     return Path(run_dir) / FINAL_EVAL_FILE
+
+
+def best_path(run_dir: str | os.PathLike) -> Path:
+    return Path(run_dir) / BEST_FILE
 
 
 def checkpoint_dir(run_dir: str | os.PathLike) -> Path:
@@ -97,9 +107,65 @@ def append_metrics(run_dir: str | os.PathLike, record: dict) -> None:
         handle.write(json.dumps(record) + "\n")
 
 
-def write_final_eval(run_dir: str | os.PathLike, step: int, metrics: dict) -> None:
+def write_final_eval(run_dir: str | os.PathLike, step: int, metrics: dict, best: Optional[dict] = None) -> None:
+    """final_eval.json: {"step", "test/<metric>"...} and, when the run evaluated periodically, "best"
+    (best.json's record: the step whose checkpoint `eval --which best` reads)."""
     with open(final_eval_path(run_dir), "w") as handle:
-        json.dump({"step": step, **metrics}, handle, indent=2)
+        json.dump({"step": step, **metrics, **({"best": best} if best is not None else {})}, handle, indent=2)
+
+
+# ----------------------------------------------------------------------------------------------
+# The best periodic evaluation (best.json)
+
+
+def best_record(step: int, metric: str, value: float) -> dict:
+    """best.json's content: the step, the metric ("eval/exact_accuracy"), its value and the checkpoint
+    file (relative to the run directory) that holds that step's weights."""
+    return {"step": step, "metric": metric, "value": value,
+            "file": f"{CHECKPOINT_DIR}/{checkpoint_path('.', step).name}"}
+
+
+def is_better(value: float, best: Optional[dict], metric_name: str) -> bool:
+    """Whether an evaluation's `value` of cfg.best_metric `metric_name` beats the record `best` (a tie
+    keeps the earlier step; a NaN never wins)."""
+    if value != value:
+        return False
+    if best is None:
+        return True
+    return BEST_METRIC_SIGN[metric_name] * (value - best["value"]) > 0
+
+
+def write_best(run_dir: str | os.PathLike, best: dict) -> None:
+    """best.json, atomically (temporary file, fsync, rename): a reader sees the old record or the new."""
+    path = best_path(run_dir)
+    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w") as stream:
+            json.dump(best, stream, indent=2)
+            stream.write("\n")
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temp_name, path)
+    except BaseException:
+        try:
+            os.unlink(temp_name)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def read_best(run_dir: str | os.PathLike) -> Optional[dict]:
+    """best.json's record, or None when the run has none (no periodic evaluation yet)."""
+    path = best_path(run_dir)
+    if not path.is_file():
+        return None
+    try:
+        best = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise RunDirectoryError(f"{path}: cannot read ({error})") from None
+    if not isinstance(best, dict) or not isinstance(best.get("step"), int) or not isinstance(best.get("file"), str):
+        raise RunDirectoryError(f"{path}: not a best-checkpoint record (expected 'step' and 'file')")
+    return best
 
 
 # ----------------------------------------------------------------------------------------------
@@ -283,6 +349,24 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Optional[Path]:
     return found[-1][1] if found else None
 
 
+def best_checkpoint(run_dir: str | os.PathLike) -> Optional[Path]:
+    """The checkpoint of the run's best periodic evaluation (best.json), or None when it has none."""
+    best = read_best(run_dir)
+    if best is None:
+        return None
+    path = Path(run_dir) / best["file"]
+    if not path.is_file():
+        raise CheckpointError(f"{best_path(run_dir)}: names {best['file']}, which is missing")
+    return path
+
+
+def select_checkpoint(run_dir: str | os.PathLike, which: str = "newest") -> Optional[Path]:
+    """A run directory's newest checkpoint or (which="best") its best one; None when there is none."""
+    if which not in WHICH:
+        raise CheckpointError(f"which must be one of {', '.join(WHICH)}, got {which!r}")
+    return latest_checkpoint(run_dir) if which == "newest" else best_checkpoint(run_dir)
+
+
 def checkpoint_to_resume(run_dir: str | os.PathLike) -> Path:
     """The newest checkpoint, which `--resume` continues from."""
     found = latest_checkpoint(run_dir)
@@ -291,8 +375,11 @@ def checkpoint_to_resume(run_dir: str | os.PathLike) -> Path:
     return found
 
 
-def prune_checkpoints(run_dir: str | os.PathLike, keep: int) -> None:
-    for _step, path in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
+def prune_checkpoints(run_dir: str | os.PathLike, keep: int, protect: Optional[int] = None) -> None:
+    """Remove all but the newest `keep` checkpoints, sparing the one of step `protect` (the best)."""
+    for step, path in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
+        if step == protect:
+            continue
         try:
             path.unlink()
         except FileNotFoundError:
@@ -316,7 +403,9 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
 
 def save_checkpoint(trainer: Trainer) -> Optional[Path]:
     """Collective: every rank contributes its RNG, sampler position and carries; rank 0 writes the
-    checkpoint of the trainer's step and prunes to cfg.keep_checkpoints. Returns its path (rank 0)."""
+    checkpoint of the trainer's step, then best.json (trainer.best), then prunes to cfg.keep_checkpoints
+    sparing the best one: a crash at any point leaves a best.json that names an existing file.
+    Returns its path (rank 0)."""
     context, train_step = trainer.context, trainer.train_step
     rank_state = {
         "rng": rng_state(),
@@ -340,10 +429,14 @@ def save_checkpoint(trainer: Trainer) -> Optional[Path]:
             "ranks": all_rank_states,
             "metrics": trainer.last_eval,
             "data": trainer.data.describe(),
+            "best": trainer.best,
         }
         path = checkpoint_path(trainer.run_dir, trainer.step)
         atomic_torch_save(payload, path)
-        prune_checkpoints(trainer.run_dir, trainer.cfg.keep_checkpoints)
+        if trainer.best is not None:
+            write_best(trainer.run_dir, trainer.best)
+        prune_checkpoints(trainer.run_dir, trainer.cfg.keep_checkpoints,
+                          protect=trainer.best["step"] if trainer.best is not None else None)
     dist_lib.barrier(context)
     return path
 
@@ -377,6 +470,7 @@ def restore_checkpoint(trainer: Trainer, path: Path) -> None:
         raise CheckpointError(f"{path}: does not fit this run ({first_line(str(error))})") from None
     trainer.step = int(payload["step"])
     trainer.last_eval = payload.get("metrics")
+    trainer.best = payload.get("best")  # the best evaluation up to this step (checkpoints before it had none)
     carries = rank_state.get("carries", []) if same_world else []
     if carries and len(carries) == train_step.num_micro_batches:
         train_step.carries = [_carry_from_state(trainer, state) for state in carries]
