@@ -378,7 +378,7 @@ def cmd_solve(args) -> int:
             example["inputs"], [answer for answer, _ in answers], [q for _, q in answers], labels,
             vocab_size=source.metadata.vocab_size, ignore_index=IGNORE_INDEX,
             title=plots.solve_title(source.name, args.index, args.checkpoint),
-            **source.puzzle_kind.solve_figure_options(source.geometry))
+            kind=source.kind, shape=source.geometry)
         print(f"wrote {plots.save_figure(figure, args.image)}")
     return 0
 

@@ -106,10 +106,6 @@ class PuzzleKind:
         """`trm-fast data convert` of this kind's CSV files: (folder written, what its examples are)."""
         raise NotImplementedError
 
-    def solve_figure_options(self, shape) -> dict:
-        """Extra arguments of trm_fast.plots.solve_figure for this kind's pictures."""
-        return {}
-
     # -- checkpoints and shipped models
 
     def puzzle_info(self, settings: dict) -> dict:
@@ -178,6 +174,38 @@ class PuzzleKind:
         width = side if side * side == tokens.size else tokens.size
         rows = [tokens[i : i + width] for i in range(0, tokens.size, width)]
         return "\n".join(" ".join(f"{int(t):2d}" for t in row) for row in rows)
+
+
+    # -- pictures (trm_fast.plots.solve_figure: the question, each step's answer, the expected one)
+
+    # Height in inches below the panels (a legend's room).
+    legend_inches: float = 0.05
+    # Whether wrong cells are crossed out in red (else the panel marks them itself).
+    crosses_wrong_cells: bool = True
+
+    def figure_problem(self, shape, cells: int) -> Optional[str]:
+        """Why a grid of `cells` tokens cannot be drawn as this kind, None when it can."""
+        return None
+
+    def panel_cell_inches(self, side: int) -> float:
+        """The smallest readable cell: 0.14 in for written token ids (small grids), else 0.045 in."""
+        return 0.14 if side <= 16 else 0.045
+
+    def draw_panel(self, axes, tokens, question, wrong, shape, grid_shape: tuple[int, int], vocab_size: int) -> None:
+        """One panel: the tokens in colour, with their ids written on small grids."""
+        from matplotlib.colors import ListedColormap
+
+        from trm_fast.plots import _as_grid, _token_colours
+
+        colour_map = ListedColormap([tuple(c) for c in _token_colours(vocab_size)])
+        grid = _as_grid(np.clip(tokens, 0, vocab_size - 1), grid_shape, 0)
+        axes.imshow(grid, cmap=colour_map, interpolation="nearest", vmin=-0.5, vmax=vocab_size - 0.5)
+        if max(grid_shape) <= 16:
+            for (r, c), value in np.ndenumerate(grid):
+                axes.text(c, r, str(value), ha="center", va="center", fontsize=7, color="black")
+
+    def draw_legend(self, figure) -> None:
+        """What the colours mean, below the panels (none here)."""
 
 
 def lookup_cells(cells: list[str], alphabet: str, side: int, where: str, offset: int) -> np.ndarray:

@@ -126,6 +126,33 @@ class MazeKind(PuzzleKind):
             log(f"{file}: {int((~unseen).sum())} of 1000 equal a training or test maze up to symmetry; keeping 500")
             write_maze_csv(folder / file, inputs[unseen][:500], labels[unseen][:500])
 
+    # -- pictures: walls, open cells, S, G and the path in colour
+
+    legend_inches = 0.35
+
+    def panel_cell_inches(self, side):
+        return 0.045
+
+    def draw_panel(self, axes, tokens, question, wrong, shape, grid_shape, vocab_size):
+        from matplotlib.colors import ListedColormap
+
+        from trm_fast.plots import MAZE_COLOURS, _as_grid
+
+        grid = _as_grid(np.clip(tokens, 0, len(MAZE_COLOURS) - 1), grid_shape, 0)
+        axes.imshow(grid, cmap=ListedColormap(MAZE_COLOURS), interpolation="nearest", vmin=-0.5,
+                    vmax=len(MAZE_COLOURS) - 0.5)
+
+    def draw_legend(self, figure):
+        from matplotlib.lines import Line2D
+        from matplotlib.patches import Patch
+
+        from trm_fast.plots import MAZE_COLOURS, MAZE_NAMES
+
+        handles = [Patch(facecolor=c, edgecolor="gray", label=n) for c, n in zip(MAZE_COLOURS[1:], MAZE_NAMES[1:])]
+        handles.append(Line2D([], [], marker="x", color="red", linestyle="", label="wrong cell"))
+        figure.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False,
+                      handlelength=1.2, columnspacing=1.0)
+
     # -- puzzles as text and integers
 
     def describe_format(self, fmt) -> str:

@@ -126,9 +126,6 @@ class SudokuKind(PuzzleKind):
                                     subsample=args.subsample)
         return folder, "Sudoku puzzles"
 
-    def solve_figure_options(self, geom) -> dict:
-        return {"sudoku": geom}
-
     # -- checkpoints and shipped models
 
     def puzzle_info(self, settings: dict) -> dict:
@@ -159,6 +156,42 @@ class SudokuKind(PuzzleKind):
             log(f"{file}: {int((~unseen).sum())} of {count} are equivalent to a training or test puzzle; keeping {keep}")
             write_sudoku_csv(folder / file, sudoku_lib.digits_to_tokens(questions[unseen][:keep]),
                              sudoku_lib.digits_to_tokens(solutions[unseen][:keep]), geometry=geom)
+
+    # -- pictures: digits in a grid with its boxes
+
+    crosses_wrong_cells = False  # wrong digits are red on a red shade instead
+
+    def figure_problem(self, geom, cells):
+        if geom is None:
+            return "a Sudoku picture needs the grid's geometry"
+        return None if geom.cells == cells else f"a {geom} Sudoku has {geom.cells} cells, the question {cells}"
+
+    def panel_cell_inches(self, side):
+        return 0.17
+
+    def draw_panel(self, axes, tokens, question, wrong, geom, grid_shape, vocab_size):
+        """Tokens (blank 1, digit d -> d + 1) as digits; the question's givens in black, other digits
+        blue, wrong cells red on a red shade; thick lines around the boxes."""
+        N = geom.size
+        tokens = np.asarray(tokens).reshape(N, N)
+        given = np.asarray(question).reshape(N, N) > 1
+        wrong = np.zeros((N, N), bool) if wrong is None else np.asarray(wrong).reshape(N, N)
+        shade = np.ones((N, N, 3))
+        shade[wrong] = (1.0, 0.82, 0.82)
+        axes.imshow(shade, interpolation="nearest")
+        for k in range(N + 1):
+            axes.axvline(k - 0.5, color="black", linewidth=1.8 if k % geom.box_cols == 0 else 0.4)
+            axes.axhline(k - 0.5, color="black", linewidth=1.8 if k % geom.box_rows == 0 else 0.4)
+        size = max(5.0, 70.0 / N)
+        for (r, c), token in np.ndenumerate(tokens):
+            if token == 1:
+                continue  # blank
+            text = "?" if token == 0 else str(int(token) - 1)
+            colour = "firebrick" if wrong[r, c] else "black" if given[r, c] else "tab:blue"
+            axes.text(c, r, text, ha="center", va="center", fontsize=size, color=colour,
+                      fontweight="bold" if given[r, c] else "normal")
+        axes.set_xlim(-0.5, N - 0.5)
+        axes.set_ylim(N - 0.5, -0.5)
 
     # -- puzzles as text and integers
 
