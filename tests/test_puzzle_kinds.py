@@ -165,3 +165,19 @@ def test_generic_modules_do_not_tell_kinds_apart_by_name():
         found += [f"{relative}:{number}" for number, line in enumerate(path.read_text().splitlines(), 1)
                   if comparison.search(line)]
     assert found == []
+
+
+def test_solve_pictures_of_a_new_kind_are_drawn_by_it(toy_kind, monkeypatch):
+    from trm_fast import plots
+
+    drawn = []
+    monkeypatch.setattr(ToyKind, "draw_panel", lambda self, axes, tokens, *rest: drawn.append(list(tokens)))
+    grid = np.array([1, 2, 3, 4])
+    plots.solve_figure(grid, [grid, grid], [-1.0, 1.0], grid, vocab_size=TOY_VOCAB, kind="toy")
+    assert drawn == [[1, 2, 3, 4]] * 4  # question, two steps, expected
+
+
+def test_data_of_no_known_kind_reads_back_as_token_ids():
+    fmt = PuzzleFormat("grid", 4, TOY_VOCAB)
+    assert fmt.text(np.array([1, 2, 3, 6])) == "1 2\n3 6"
+    assert fmt.encode("1 2\n3 6")[0].tolist() == [[1, 2, 3, 6]]
