@@ -12,6 +12,8 @@ packages = [
     "trm_fast.ops",
     "trm_fast.model",
     "trm_fast.data",
+    "trm_fast.data.sudoku",
+    "trm_fast.puzzles",  # one module per puzzle kind (trm_fast.puzzles.KINDS)
     "trm_fast.train",
     "trm_fast.study",
     "trm_fast.pretrained",  # the shipped models: trm_fast/pretrained/<name>/ (package data below)

@@ -130,13 +130,12 @@ def _training_data_shape(cfg: TrainConfig) -> Optional[tuple[int, int, float]]:
     import json
     from pathlib import Path
 
-    if cfg.dataset == "maze":
-        from trm_fast.data.maze import VOCAB_SIZE
-
-        return VOCAB_SIZE, cfg.maze.size ** 2, float(cfg.maze.num_train)  # one group, one example per maze
-    if cfg.dataset == "sudoku":
-        return cfg.sudoku.size + 2, cfg.sudoku.size ** 2, float(cfg.sudoku.num_train)  # one group per puzzle
     from trm_fast.data.dataset import PuzzleMetadata
+    from trm_fast.puzzles import get_kind
+
+    kind = get_kind(cfg.dataset)
+    if kind is not None:
+        return kind.data_shape(kind.settings(cfg))
 
     path = Path(cfg.dataset) / "train" / "dataset.json"
     try:

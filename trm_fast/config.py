@@ -44,7 +44,7 @@ ModelSettings.__doc__ = "TRMConfig's architecture fields (everything but DATA_FI
 
 @dataclass
 class MazeSettings:
-    """The built-in maze generator (used when `dataset` is "maze")."""
+    """The built-in maze generator (used when `dataset` is "maze"; trm_fast.puzzles.maze)."""
 
     size: int = 30
     num_train: int = 1000
@@ -60,7 +60,7 @@ class MazeSettings:
 
 @dataclass
 class SudokuSettings:
-    """The built-in Sudoku generator (used when `dataset` is "sudoku"; trm_fast.data.sudoku)."""
+    """The built-in Sudoku generator (used when `dataset` is "sudoku"; trm_fast.puzzles.sudoku)."""
 
     size: int = 9
     # Boxes of box_rows x box_cols cells (product = size); none = the most square (9: 3x3, 6: 2x3).
@@ -85,7 +85,8 @@ class TrackingSettings:
 @dataclass
 class TrainConfig:
     preset: str = ""
-    # Data: "maze" or "sudoku" (built-in generators, cached under data_dir) or a reference-layout folder.
+    # Data: a kind of trm_fast.puzzles.KINDS ("maze", "sudoku": built-in generators, cached under
+    # data_dir; each has its settings field below) or a reference-layout folder.
     dataset: str = "maze"
     data_dir: Optional[str] = None
     maze: MazeSettings = field(default_factory=MazeSettings)
@@ -158,13 +159,15 @@ CHOICES = {
 }
 
 
-BUILTIN_DATASETS = ("maze", "sudoku")
-
 # The presets moved to trm_fast.presets (which builds on this module); their names stay importable here.
 _PRESET_NAMES = ("PRESETS", "preset", "default_preset_name")
 
 
 def __getattr__(name: str):
+    if name == "BUILTIN_DATASETS":  # the names of trm_fast.puzzles.KINDS, which builds on this module
+        from trm_fast.puzzles import KINDS
+
+        return tuple(KINDS)
     if name in _PRESET_NAMES:
         from trm_fast import presets
 
@@ -323,21 +326,11 @@ def validate(cfg: TrainConfig) -> None:
         model.mlp_t or model.hidden_size % model.num_heads == 0,
         f"model.hidden_size {model.hidden_size} is not divisible by model.num_heads {model.num_heads}",
     )
-    maze = cfg.maze
-    need(maze.size >= 3, f"maze.size must be >= 3, got {maze.size}")
-    need(maze.num_train >= 1 and maze.num_test >= 1, "maze.num_train and maze.num_test must be >= 1")
-    need(0.0 <= maze.wall_share_min <= maze.wall_share_max < 1.0,
-         f"maze.wall_share_min/max must satisfy 0 <= min <= max < 1, got {maze.wall_share_min}/{maze.wall_share_max}")
-    sudoku = cfg.sudoku
-    from trm_fast.data.errors import DataError
-    from trm_fast.data.sudoku import geometry as sudoku_geometry
+    from trm_fast.puzzles import KINDS  # the kinds build on this module
 
-    try:
-        sudoku_geometry(sudoku.size, sudoku.box_rows, sudoku.box_cols)
-    except DataError as error:
-        raise ConfigError(f"sudoku.size/box_rows/box_cols: {error.problem}") from None
-    need(sudoku.num_train >= 1 and sudoku.num_test >= 1, "sudoku.num_train and sudoku.num_test must be >= 1")
-    need(sudoku.num_aug >= 0 and sudoku.min_rating >= 0, "sudoku.num_aug and sudoku.min_rating must be >= 0")
+    for kind in KINDS.values():  # every kind's settings, used or not, as a saved config keeps them all
+        problem = kind.settings_problem(kind.settings(cfg))
+        need(problem is None, problem)
 
 
 def get_field(cfg: TrainConfig, path: str) -> Any:

@@ -20,10 +20,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
-from matplotlib.patches import Patch
 from matplotlib.ticker import FormatStrFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from trm_fast.config import ConfigError
@@ -266,13 +263,6 @@ def _short_name(path: Path) -> str:
     return f"{folder.name}/{path.name}" if folder.name else path.name
 
 
-def _min_panel_inches(side: int, kind: str) -> float:
-    """The smallest panel that keeps one grid readable: cells of at least 0.045 in (4.5 px) in colour,
-    0.17 in for Sudoku digits, 0.14 in for written token ids (small grids)."""
-    per_cell = {"maze": 0.045, "sudoku": 0.17, "tokens": 0.14 if side <= 16 else 0.045}[kind]
-    return max(1.1, side * per_cell)
-
-
 def solve_figure(
     question,
     answers: Sequence,
@@ -282,6 +272,8 @@ def solve_figure(
     ignore_index: int = -100,
     title: Optional[str] = None,
     sudoku=None,
+    kind: Optional[str] = None,
+    shape=None,
 ) -> Figure:
     """The question, the model's answer after each supervision step, and the expected answer, as
     panels in rows at most README_WIDTH wide (a long run wraps into more rows). Mazes (vocabulary
@@ -289,16 +281,23 @@ def solve_figure(
     grid's trm_fast.data.sudoku.Geometry) as digits in a grid with its boxes (givens black, the
     model's digits blue, wrong ones red on red); other data as a grid of token ids. Wrong cells are
     crossed out in red (Sudoku: shaded); each step's title gives its q_halt (the model halts at the
-    first step with q_halt > 0: that panel is framed) and whether the answer is solved."""
+    first step with q_halt > 0: that panel is framed) and whether the answer is solved.
+    `kind` (a name of trm_fast.puzzles.KINDS, with its `shape`) draws the panels as that kind does;
+    `sudoku=geometry` is kind "sudoku"."""
     from trm_fast.data.maze import VOCAB_SIZE as MAZE_VOCAB_SIZE
+    from trm_fast.puzzles import get_kind, kind_named
 
     question = np.asarray(question).reshape(-1)
     labels = np.asarray(labels).reshape(-1)
-    shape = _grid_shape(question.size)
-    if sudoku is not None and sudoku.cells != question.size:
-        raise PlotError(f"a {sudoku} Sudoku has {sudoku.cells} cells, the question {question.size}")
-    is_maze = sudoku is None and vocab_size == MAZE_VOCAB_SIZE and shape[0] == shape[1]
-    kind = "sudoku" if sudoku is not None else "maze" if is_maze else "tokens"
+    grid_shape = _grid_shape(question.size)
+    if sudoku is not None:
+        kind, shape = "sudoku", sudoku
+    elif get_kind(kind) is None:  # what the data layer guesses, less the kinds that need their shape
+        kind = "maze" if vocab_size == MAZE_VOCAB_SIZE and grid_shape[0] == grid_shape[1] else "grid"
+    painter = kind_named(kind)
+    problem = painter.figure_problem(shape, question.size)
+    if problem:
+        raise PlotError(problem)
     labelled = labels != ignore_index
     expected = np.where(labelled, labels, question)
     panels = [("question", question, None)]
@@ -311,14 +310,14 @@ def solve_figure(
 
     # As many columns as fit README_WIDTH at the grid's smallest readable panel, then balanced rows.
     gap = 0.12  # inches between panels
-    fit = max(1, int(README_WIDTH // (_min_panel_inches(max(shape), kind) + gap)))
+    fit = max(1, int(README_WIDTH // (max(1.1, max(grid_shape) * painter.panel_cell_inches(max(grid_shape))) + gap)))
     rows = math.ceil(len(panels) / min(fit, len(panels)))
     columns = math.ceil(len(panels) / rows)
     panel = min(2.0, README_WIDTH / columns - gap)  # inches; a short run is not blown up
     width = columns * (panel + gap)
     title_lines = textwrap.wrap(title, width=int(width * 13), break_on_hyphens=False) if title else []
     heading = 0.1 + 0.2 * len(title_lines)
-    panel_titles, legend = 0.4, (0.35 if is_maze else 0.05)  # inches above each panel, below the panels
+    panel_titles, legend = 0.4, painter.legend_inches  # inches above each panel, below the panels
     height = heading + rows * (panel_titles + panel) + legend
     figure = new_figure(width, height, dpi=README_DPI)
     axes_grid = []
@@ -327,30 +326,17 @@ def solve_figure(
         bottom = height - heading - (row + 1) * (panel_titles + panel)
         axes_grid.append(figure.add_axes(((column * (panel + gap) + gap / 2) / width, bottom / height,
                                           panel / width, panel / height)))
-    if is_maze:
-        colour_map = ListedColormap(MAZE_COLOURS)
-        limits = dict(vmin=-0.5, vmax=len(MAZE_COLOURS) - 0.5)
-    else:
-        colour_map = ListedColormap([tuple(c) for c in _token_colours(vocab_size)])
-        limits = dict(vmin=-0.5, vmax=vocab_size - 0.5)
-    cell_points = panel * 72 / max(shape)  # a grid cell's size in points
+    cell_points = panel * 72 / max(grid_shape)  # a grid cell's size in points
     for axes, (name, tokens, wrong) in zip(axes_grid, panels):
-        if sudoku is not None:
-            _draw_sudoku(axes, tokens, question, wrong, sudoku)
-        else:
-            grid = _as_grid(np.clip(tokens, 0, (len(MAZE_COLOURS) if is_maze else vocab_size) - 1), shape, 0)
-            axes.imshow(grid, cmap=colour_map, interpolation="nearest", **limits)
-        if sudoku is None and not is_maze and max(shape) <= 16:
-            for (r, c), value in np.ndenumerate(grid):
-                axes.text(c, r, str(value), ha="center", va="center", fontsize=7, color="black")
+        painter.draw_panel(axes, tokens, question, wrong, shape, grid_shape, vocab_size)
         axes.set_xticks([])
         axes.set_yticks([])
         if wrong is None:
             axes.set_title(name, fontsize=9)
             continue
-        wrong_grid = _as_grid(wrong.astype(np.int64), shape, 0).astype(bool)
+        wrong_grid = _as_grid(wrong.astype(np.int64), grid_shape, 0).astype(bool)
         rows_wrong, cols_wrong = np.nonzero(wrong_grid)
-        if rows_wrong.size and sudoku is None:
+        if rows_wrong.size and painter.crosses_wrong_cells:
             axes.scatter(cols_wrong, rows_wrong, marker="x", s=(0.8 * cell_points) ** 2, color="red",
                          linewidths=min(1.5, max(0.6, cell_points / 6)), label="wrong")
         solved = not bool(wrong.any())
@@ -363,39 +349,10 @@ def solve_figure(
             for spine in axes.spines.values():
                 spine.set_edgecolor("black")
                 spine.set_linewidth(2.5)
-    if is_maze:
-        handles = [Patch(facecolor=c, edgecolor="gray", label=n) for c, n in zip(MAZE_COLOURS[1:], MAZE_NAMES[1:])]
-        handles.append(Line2D([], [], marker="x", color="red", linestyle="", label="wrong cell"))
-        figure.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False,
-                      handlelength=1.2, columnspacing=1.0)
+    painter.draw_legend(figure)
     if title_lines:
         figure.suptitle("\n".join(title_lines), fontsize=9, y=1 - 0.06 / height, va="top")
     return figure
-
-
-def _draw_sudoku(axes, tokens, question, wrong, geom) -> None:
-    """One Sudoku panel: tokens (blank 1, digit d -> d + 1) as digits; the question's givens in
-    black, other digits blue, wrong cells red on a red shade; thick lines around the boxes."""
-    N = geom.size
-    tokens = np.asarray(tokens).reshape(N, N)
-    given = np.asarray(question).reshape(N, N) > 1
-    wrong = np.zeros((N, N), bool) if wrong is None else np.asarray(wrong).reshape(N, N)
-    shade = np.ones((N, N, 3))
-    shade[wrong] = (1.0, 0.82, 0.82)
-    axes.imshow(shade, interpolation="nearest")
-    for k in range(N + 1):
-        axes.axvline(k - 0.5, color="black", linewidth=1.8 if k % geom.box_cols == 0 else 0.4)
-        axes.axhline(k - 0.5, color="black", linewidth=1.8 if k % geom.box_rows == 0 else 0.4)
-    size = max(5.0, 70.0 / N)
-    for (r, c), token in np.ndenumerate(tokens):
-        if token == 1:
-            continue  # blank
-        text = "?" if token == 0 else str(int(token) - 1)
-        colour = "firebrick" if wrong[r, c] else "black" if given[r, c] else "tab:blue"
-        axes.text(c, r, text, ha="center", va="center", fontsize=size, color=colour,
-                  fontweight="bold" if given[r, c] else "normal")
-    axes.set_xlim(-0.5, N - 0.5)
-    axes.set_ylim(N - 0.5, -0.5)
 
 
 def _token_colours(vocab_size: int) -> np.ndarray:

@@ -157,11 +157,12 @@ def preset(name: str) -> TrainConfig:
 
 
 def default_preset_name(cuda_available: bool, dataset: Optional[str] = None) -> str:
-    """The preset for a dataset kind ("maze", the default, or "sudoku"): the paper's run with CUDA,
-    the CPU preset without."""
-    if dataset == "sudoku":
-        return "sudoku-paper" if cuda_available else "sudoku-cpu"
-    return "maze-paper" if cuda_available else "maze-cpu"
+    """The preset for a dataset kind (a name of trm_fast.puzzles.KINDS; default "maze"): the paper's
+    run with CUDA, the CPU preset without."""
+    from trm_fast.puzzles import DEFAULT_KIND, get_kind
+
+    with_cuda, without = (get_kind(dataset) or get_kind(DEFAULT_KIND)).default_presets
+    return with_cuda if cuda_available else without
 
 
 # What a study changes on top of a preset: a deterministic budget by steps (the cosine schedule

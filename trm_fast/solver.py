@@ -32,16 +32,13 @@ import numpy as np
 import torch
 
 from trm_fast import pretrained
-from trm_fast.data import CHARSET as MAZE_CHARSET
-from trm_fast.data import DataError, PuzzleMetadata, render_maze
-from trm_fast.data import sudoku as sudoku_lib
-from trm_fast.data.maze import VOCAB_SIZE as MAZE_VOCAB_SIZE
+from trm_fast.data import DataError, PuzzleMetadata
 from trm_fast.model import TRM, TRMConfig, make_model
 from trm_fast.model.compat import CheckpointError, infer_config, load_any_state_dict, load_model_weights
+from trm_fast.puzzles import PuzzleKind, get_kind, guess_kind, kind_named
 
 WEIGHTS = ("ema", "raw")
 DEFAULT_BATCH_SIZE = 256
-MAZE_QUESTION_CHARS = MAZE_CHARSET[:4]  # "# SG": a question holds no path
 
 
 # ----------------------------------------------------------------------------------------------
@@ -210,13 +207,19 @@ def build_model(checkpoint: Checkpoint, config: TRMConfig, device: torch.device,
 
 @dataclass(frozen=True)
 class PuzzleFormat:
-    """How a model's puzzles look: "maze" (side x side, tokens 1..5 = "# SGo"), "sudoku" (digits
-    in `geometry`, tokens digit + 1) or "grid" (any `seq_len` token ids below `vocab_size`)."""
+    """How a model's puzzles look: `kind` names a puzzle kind of trm_fast.puzzles (a maze: side x side,
+    tokens 1..5 = "# SGo"; a Sudoku: digits in `geometry`, tokens digit + 1), or "grid" (any
+    `seq_len` token ids below `vocab_size`). The kind reads and writes the cells; this class the
+    shapes, rows and batches every kind shares."""
 
     kind: str
     seq_len: int
     vocab_size: int
-    geometry: Optional[sudoku_lib.Geometry] = None
+    geometry: Any = None  # the kind's shape (Sudoku: its Geometry)
+
+    @property
+    def puzzle_kind(self) -> PuzzleKind:
+        return kind_named(self.kind)
 
     @property
     def side(self) -> int:
@@ -228,35 +231,19 @@ class PuzzleFormat:
         """The format of a model's puzzles: `kind` when known (the data or the checkpoint says it),
         else guessed from the vocabulary and sequence length as the data layer does."""
         if kind is None:
-            geometry = sudoku_lib.sudoku_geometry_of(None, config.vocab_size, config.seq_len)
-            square = math.isqrt(config.seq_len) ** 2 == config.seq_len
-            kind = "sudoku" if geometry else "maze" if square and config.vocab_size == MAZE_VOCAB_SIZE else "grid"
-        if kind == "sudoku" and geometry is None:
-            geometry = sudoku_lib.geometry_for_cells(config.seq_len, where="model")
-        return cls(kind, config.seq_len, config.vocab_size, geometry if kind == "sudoku" else None)
+            kind, geometry = guess_kind(config.vocab_size, config.seq_len)
+        return cls(kind, config.seq_len, config.vocab_size, kind_named(kind).shape_for_model(config.seq_len, geometry))
 
     def describe(self) -> str:
-        if self.kind == "maze":
-            return f"{self.side}x{self.side} mazes"
-        if self.kind == "sudoku":
-            return f"{self.geometry} Sudoku"
-        return f"grids of {self.seq_len} tokens below {self.vocab_size}"
+        return self.puzzle_kind.describe_format(self)
 
     # -- user input -> tokens
-
-    def _text_cells(self, text: str) -> list[str]:
-        """The cells of a text puzzle (rows joined); Sudoku box separators and spaces dropped."""
-        if self.kind == "sudoku":
-            return [ch for ch in text if ch not in "|+- \t\r\n"]
-        if self.kind == "maze":
-            return [ch for ch in text if ch not in "\r\n"]
-        return text.split()
 
     def are_rows(self, texts: Sequence[str]) -> bool:
         """Whether strings are the rows of one puzzle (rather than whole puzzles): none spans lines
         or holds a whole grid."""
         return self.side != self.seq_len and not any(
-            "\n" in text.strip("\n") or len(self._text_cells(text)) == self.seq_len for text in texts)
+            "\n" in text.strip("\n") or len(self.puzzle_kind.text_cells(text)) == self.seq_len for text in texts)
 
     def encode_text(self, text: str, where: str) -> np.ndarray:
         rows = [row for row in text.split("\n") if row.strip("\r")] if "\n" in text.strip("\n") else [text]
@@ -264,9 +251,7 @@ class PuzzleFormat:
 
     def encode_rows(self, rows: Sequence[str], where: str) -> np.ndarray:
         """Text rows (or one string holding the whole grid) -> tokens [seq_len]."""
-        cells = [self._text_cells(row) for row in rows]
-        if self.kind == "sudoku":  # the box separator lines `trm-fast solve` prints hold no cells
-            cells = [row for row in cells if row]
+        cells = self.puzzle_kind.text_rows(rows)
         if len(cells) > 1:
             for number, row in enumerate(cells, 1):
                 if len(row) != self.side:
@@ -276,54 +261,18 @@ class PuzzleFormat:
         flat = [cell for row in cells for cell in row]
         if len(flat) != self.seq_len:
             raise DataError(where, f"has {len(flat)} cells; expected {self.seq_len} ({self.describe()})")
-        if self.kind == "maze":
-            values = self._lookup(flat, MAZE_QUESTION_CHARS, where, offset=1)
-        elif self.kind == "sudoku":
-            digits = "." + "".join(str(d) for d in range(1, self.geometry.size + 1))
-            values = self._lookup(["." if ch == "0" else ch for ch in flat], digits, where, offset=0)
-        else:
-            try:
-                values = np.array([int(cell) for cell in flat])
-            except ValueError:
-                raise DataError(where, "expected token ids (integers) separated by spaces") from None
-        return self.encode_values(values, where)
-
-    def _lookup(self, cells: list[str], alphabet: str, where: str, offset: int) -> np.ndarray:
-        values = np.array([alphabet.find(ch) for ch in cells])
-        bad = np.flatnonzero(values < 0)
-        if len(bad):
-            position = int(bad[0])
-            row, column = divmod(position, self.side)
-            raise DataError(where, f"character {cells[position]!r} at row {row + 1} column {column + 1} is not one "
-                                   f"of {alphabet!r}")
-        return values + offset
+        return self.encode_values(self.puzzle_kind.values_from_cells(self, flat, where), where)
 
     def encode_values(self, values: np.ndarray, where: str) -> np.ndarray:
         """Integers as the user has them (maze tokens, Sudoku digits, token ids) -> checked tokens."""
         values = np.asarray(values).reshape(-1).astype(np.int64)
-        if self.kind == "maze":
-            low, high, what = 1, len(MAZE_QUESTION_CHARS), "maze tokens (1 wall, 2 open, 3 S, 4 G)"
-        elif self.kind == "sudoku":
-            low, high, what = 0, self.geometry.size, f"Sudoku digits (0 blank, 1..{self.geometry.size})"
-        else:
-            low, high, what = 0, self.vocab_size - 1, "token ids"
+        low, high, what = self.puzzle_kind.value_range(self)
         outside = np.flatnonzero((values < low) | (values > high))
         if len(outside):
             position = int(outside[0])
             raise DataError(where, f"value {int(values[position])} at cell {position} is not one of the {what} "
                                    f"{low}..{high}")
-        if self.kind == "maze":
-            for token, name in ((3, "S"), (4, "G")):
-                found = int((values == token).sum())
-                if found != 1:
-                    raise DataError(where, f"expected exactly one '{name}' cell, found {found}")
-            return values
-        if self.kind == "sudoku":
-            problem = sudoku_lib.rule_violation(values, self.geometry)
-            if problem:
-                raise DataError(where, f"the givens break a Sudoku rule: the grid {problem}")
-            return sudoku_lib.digits_to_tokens(values).astype(np.int64)
-        return values
+        return self.puzzle_kind.tokens_from_values(self, values, where)
 
     def encode_array(self, array: np.ndarray, where: str) -> tuple[np.ndarray, bool]:
         """An integer array: (tokens [B, seq_len], whether it was one puzzle)."""
@@ -368,37 +317,26 @@ class PuzzleFormat:
 
     def grid(self, tokens: np.ndarray) -> np.ndarray:
         """An answer as integers: maze tokens (5 = path), Sudoku digits, or token ids; 2-D when square."""
-        values = np.asarray(tokens).astype(np.int64)
-        if self.kind == "sudoku":
-            values = np.clip(values - sudoku_lib.DIGIT_OFFSET, 0, self.geometry.size)
+        values = self.puzzle_kind.answer_values(self, np.asarray(tokens).astype(np.int64))
         return values.reshape(self.side, self.side) if self.side != self.seq_len else values
 
     def text(self, tokens: np.ndarray) -> str:
         """An answer as text rows: a maze over "# SGo", a Sudoku's digits ('.' where it left a blank)."""
-        tokens = np.asarray(tokens)
-        if self.kind == "maze":
-            return render_maze(np.clip(tokens, 0, MAZE_VOCAB_SIZE - 1), self.side)
-        if self.kind == "sudoku":
-            rows = self.grid(tokens)
-            return "\n".join("".join(str(d) if d else "." for d in row) for row in rows)
-        width = self.side if self.side != self.seq_len else self.seq_len
-        return "\n".join(" ".join(str(int(t)) for t in tokens[i:i + width]) for i in range(0, tokens.size, width))
+        return self.puzzle_kind.answer_text(self, np.asarray(tokens))
 
 
-def _checkpoint_kind(checkpoint: Checkpoint) -> tuple[Optional[str], Optional[sudoku_lib.Geometry]]:
-    """The puzzle kind a checkpoint declares: an exported model's "puzzle", a run's built-in dataset."""
+def _checkpoint_kind(checkpoint: Checkpoint) -> tuple[Optional[str], Any]:
+    """The puzzle kind (and its shape) a checkpoint declares: an exported model's "puzzle", a run's
+    built-in dataset."""
     puzzle = checkpoint.info.get("puzzle")
     if isinstance(puzzle, dict):
-        kind = puzzle.get("kind")
-        if kind == "sudoku":
-            return kind, sudoku_lib.geometry(int(puzzle["size"]), puzzle.get("box_rows"), puzzle.get("box_cols"))
-        return kind, None
+        name = puzzle.get("kind")
+        kind = get_kind(name)
+        return name, kind.shape_from_puzzle_info(puzzle) if kind is not None else None
     train = checkpoint.meta.get("train_config") or {}
-    if train.get("dataset") == "maze":
-        return "maze", None
-    if train.get("dataset") == "sudoku":
-        settings = train.get("sudoku") or {}
-        return "sudoku", sudoku_lib.geometry(int(settings.get("size", 9)), settings.get("box_rows"), settings.get("box_cols"))
+    kind = get_kind(train.get("dataset"))
+    if kind is not None:
+        return kind.name, kind.shape_from_settings(train.get(kind.settings_field) or {})
     return None, None
 
 
@@ -454,7 +392,7 @@ def load_for_eval(checkpoint: str | Path, dataset: Optional[str | Path] = None, 
     device = device if device is not None else pick_device("auto")
     model = build_model(found, config, device, engine, backend, log)
     kind, geometry = _checkpoint_kind(found)
-    if source.kind in ("maze", "sudoku"):
+    if get_kind(source.kind) is not None:
         kind, geometry = source.kind, source.geometry
     return LoadedModel(model, found, PuzzleFormat.of(config, kind, geometry), engine), source
 

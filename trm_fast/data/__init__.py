@@ -24,13 +24,12 @@ from trm_fast.data.dataset import (
     PuzzleMetadata,
     PuzzleSet,
     PuzzleSplit,
-    build_maze_dataset,
     load_split,
     write_identifiers,
-    write_maze_split,
     write_split,
 )
 from trm_fast.data.errors import DataError
+from trm_fast.data.maze_folders import build_maze_dataset, write_maze_split
 from trm_fast.data.loader import IGNORE_INDEX, EvalBatches, TrainSampler
 from trm_fast.data.maze import (
     CHARSET,

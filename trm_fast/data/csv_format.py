@@ -20,7 +20,8 @@ import numpy as np
 
 from trm_fast.data import maze as maze_gen
 from trm_fast.data import sudoku as sudoku_gen
-from trm_fast.data.dataset import write_identifiers, write_maze_split
+from trm_fast.data.dataset import write_identifiers
+from trm_fast.data.maze_folders import write_maze_split
 from trm_fast.data.errors import DataError
 
 HEADER = ("source", "question", "answer", "rating")

@@ -16,13 +16,11 @@ import sys
 from pathlib import Path
 from typing import Callable, Optional
 
-import numpy as np
 import torch
 
 from trm_fast import pretrained
-from trm_fast.data import load_split, write_maze_csv, write_sudoku_csv
-from trm_fast.data import maze as maze_lib
-from trm_fast.data import sudoku as sudoku_lib
+from trm_fast.data import load_split
+from trm_fast.puzzles import get_kind, kind_of_folder
 
 TEST_FILE = "test.csv"
 
@@ -58,13 +56,9 @@ def export_model(run_dir: str | Path, out_dir: str | Path, name: str, command: O
     checkpoint = read_checkpoint(run_dir, "ema")
     train = checkpoint.meta.get("train_config") or {}
     dataset = train.get("dataset")
-    if dataset == "maze":
-        maze = train["maze"]
-        puzzle = {"kind": "maze", "size": maze["size"], "style": maze["style"]}
-    elif dataset == "sudoku":
-        settings = train["sudoku"]
-        geom = sudoku_lib.geometry(settings["size"], settings.get("box_rows"), settings.get("box_cols"))
-        puzzle = {"kind": "sudoku", "size": geom.size, "box_rows": geom.box_rows, "box_cols": geom.box_cols}
+    kind = get_kind(dataset)
+    if kind is not None:
+        puzzle = kind.puzzle_info(train[kind.settings_field])
     else:
         raise ValueError(f"{run_dir}: only runs on the built-in maze or Sudoku data can be exported, not {dataset!r}")
     out = Path(out_dir) / name
@@ -94,36 +88,14 @@ def write_info(folder: Path, info: dict) -> None:
     (folder / pretrained.CONFIG_FILE).write_text(json.dumps(info, indent=2) + "\n")
 
 
-def _keys(grids: np.ndarray, key: Callable) -> set:
-    return {key(grid) for grid in grids}
-
-
 def write_held_out_sets(folder: Path, name: str, run_data_dir: str | Path, log: Callable[[str], None] = print) -> None:
     """The CSV files of HELD_OUT[name] in `folder`, from the run's dataset folder (its test split,
-    and its training split to keep the other sets apart from it)."""
+    and its training split to keep the other sets apart from it), as the data's puzzle kind makes them."""
     train, test = load_split(run_data_dir, "train"), load_split(run_data_dir, "test")
-    if name == "maze-cpu":
-        size = int(round(train.inputs.shape[1] ** 0.5))
-        write_maze_csv(folder / TEST_FILE, test.inputs, test.labels)
-        seen = _keys(np.concatenate([train.inputs, test.inputs]).reshape(-1, size, size), maze_lib.canonical_key)
-        for file, style in (("seed1-random.csv", "random"), ("seed1-corridors.csv", "corridors")):
-            inputs, labels = maze_lib.generate_mazes(1000, size, seed=1, stream=1, style=style)
-            unseen = np.array([maze_lib.canonical_key(grid.reshape(size, size)) not in seen for grid in inputs])
-            log(f"{file}: {int((~unseen).sum())} of 1000 equal a training or test maze up to symmetry; keeping 500")
-            write_maze_csv(folder / file, inputs[unseen][:500], labels[unseen][:500])
-        return
-    geom = sudoku_lib.sudoku_geometry_of(run_data_dir, train.metadata.vocab_size, train.metadata.seq_len)
-    copies = int(round(train.inputs.shape[0] / train.metadata.total_groups))  # original + augmented copies
-    write_sudoku_csv(folder / TEST_FILE, test.inputs, test.labels, geometry=geom)
-    originals = np.concatenate([train.inputs[::copies], test.inputs])
-    seen = _keys(sudoku_lib.tokens_to_digits(originals), lambda digits: sudoku_lib.canonical_key(digits, geom))
-    for file, count, keep, min_rating in (("seed1.csv", 600, 500, 0), ("seed1-guess.csv", 400, 300, 1)):
-        questions, solutions = sudoku_lib.generate_sudokus(count, geom.size, geom.box_rows, geom.box_cols,
-                                                           min_rating=min_rating, seed=1)
-        unseen = np.array([sudoku_lib.canonical_key(question, geom) not in seen for question in questions])
-        log(f"{file}: {int((~unseen).sum())} of {count} are equivalent to a training or test puzzle; keeping {keep}")
-        write_sudoku_csv(folder / file, sudoku_lib.digits_to_tokens(questions[unseen][:keep]),
-                         sudoku_lib.digits_to_tokens(solutions[unseen][:keep]), geometry=geom)
+    kind = kind_of_folder(run_data_dir)
+    if kind is None:
+        raise ValueError(f"{run_data_dir}: no held-out sets for data of no known puzzle kind")
+    kind.write_held_out_sets(Path(folder), train, test, Path(run_data_dir), TEST_FILE, log)
 
 
 def measure(folder: Path, file: str, device: str = "cpu", backend: Optional[str] = "torch") -> dict:

@@ -11,6 +11,7 @@ from trm_fast import flops
 from trm_fast.config import TrainConfig
 from trm_fast.data import load_split
 from trm_fast.memory import parameter_count
+from trm_fast.puzzles import get_kind
 from trm_fast import budget as budget_lib
 from trm_fast.study.spec import FORMAT, VERSION, Study, write_json, write_text
 from trm_fast.train import run_directory
@@ -202,27 +203,15 @@ def base_summary(cfg: TrainConfig) -> str:
 
 def data_summary(cfg: TrainConfig) -> str:
     """What the runs train on, e.g. "6x6 corridor-style mazes (2,000 train / 500 test, generator seed 0)"."""
-    if cfg.dataset == "maze":
-        maze = cfg.maze
-        style = "corridor-style" if maze.style == "corridors" else f"random-wall ({maze.wall_share_min:g}-{maze.wall_share_max:g})"
-        return (f"{maze.size}x{maze.size} {style} mazes ({maze.num_train:,} train / {maze.num_test:,} test, "
-                f"generator seed {maze.seed})")
-    if cfg.dataset == "sudoku":
-        sudoku = cfg.sudoku
-        return (f"{sudoku.size}x{sudoku.size} Sudoku ({sudoku.num_train:,} train x {1 + sudoku.num_aug} with augmentation "
-                f"/ {sudoku.num_test:,} test, min rating {sudoku.min_rating}, generator seed {sudoku.seed})")
-    return f"dataset {cfg.dataset}"
+    kind = get_kind(cfg.dataset)
+    return kind.study_data_summary(kind.settings(cfg)) if kind is not None else f"dataset {cfg.dataset}"
 
 
 def held_out_text(cfg: TrainConfig) -> str:
     every = (f"every {cfg.eval_interval} steps on the first {cfg.eval_examples or 'all'} test examples, "
              if cfg.eval_interval else "")
-    split = (f"the test split of the built-in maze data ({cfg.maze.num_test:,} mazes made by the same generator with "
-             "the same seed on a separate stream; no training maze equals a test maze, not even up to the 8 "
-             "symmetries)" if cfg.dataset == "maze" else
-             f"the test split of the built-in Sudoku data ({cfg.sudoku.num_test:,} puzzles made by the same generator "
-             "with the same seed on a separate stream; none equivalent to a training puzzle under the Sudoku "
-             "symmetries)" if cfg.dataset == "sudoku" else f"the test split of {cfg.dataset}")
+    kind = get_kind(cfg.dataset)
+    split = kind.study_held_out_text(kind.settings(cfg)) if kind is not None else f"the test split of {cfg.dataset}"
     return (f"{split}; evaluated {every}and at the end on all of it; all {cfg.model.halt_max_steps} supervision "
             "steps, EMA weights where EMA is on")
 

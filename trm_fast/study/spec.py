@@ -59,9 +59,12 @@ SUDOKU_VARIANTS = (
 
 
 def builtin_variants(dataset: Optional[str]) -> tuple[Variant, ...]:
-    """The study's default variants for a dataset kind: the paper's Sudoku ablations for "sudoku",
-    the tutorial's four otherwise."""
-    return SUDOKU_VARIANTS if dataset == "sudoku" else DEFAULT_VARIANTS
+    """The study's default variants for a dataset kind: the kind's own (the paper's Sudoku ablations
+    for "sudoku"), the tutorial's four otherwise."""
+    from trm_fast.puzzles import get_kind
+
+    kind = get_kind(dataset)
+    return (kind.study_variants() if kind is not None else None) or DEFAULT_VARIANTS
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _ITEM_START = re.compile(r",(?=\s*[A-Za-z_][\w.]*\s*=)")
@@ -147,11 +150,10 @@ def make_study(
         cuda_available = torch.cuda.is_available()
     if seeds < 1:
         raise StudyError(f"--seeds must be >= 1, got {seeds}")
-    kind = dataset
-    if dataset is not None and dataset not in config_lib.BUILTIN_DATASETS:
-        from trm_fast.train.data import folder_kind
+    from trm_fast.puzzles import get_kind, kind_of_dataset
 
-        kind = folder_kind(dataset)
+    data_kind = kind_of_dataset(dataset)
+    kind = data_kind.name if data_kind is not None else None
     preset_name = preset or default_preset_name(cuda_available, kind)
     base = preset_config(preset_name)
     for field_name, value in (("dataset", dataset), ("data_dir", data_dir), ("device", device), ("backend", backend),
@@ -162,7 +164,7 @@ def make_study(
     # One pass, validated once: the study's settings for this preset, then --set, then the budget.
     config_lib.apply_overrides(base, [*STUDY_OVERRIDES.get(preset_name, ()), *(sets or []), *budget])
 
-    builtins = builtin_variants("sudoku" if base.dataset == "sudoku" or kind == "sudoku" else None)
+    builtins = builtin_variants(base.dataset if get_kind(base.dataset) is not None else kind)
     chosen = [parse_variant(text, builtins) for text in variants] if variants else list(builtins)
     names = [v.name for v in chosen]
     duplicates = sorted({n for n in names if names.count(n) > 1})
