@@ -156,3 +156,49 @@ def test_tiny_arc_run_votes_and_keeps_the_best_pass_at_2(tiny_arc_folder, tmp_pa
     assert set(submission) == set(json.loads((tiny_arc_folder / "test_puzzles.json").read_text()))
     votes = json.loads((tmp_path / "run" / "arc_results.json").read_text())
     assert votes["predictions"] == final["test/count"] == 40 and votes["unmatched"] == 0  # every test example voted
+
+
+def _arc_worker(rank, world_size, port, cfg_dict, run_dir, out_dir):
+    import os
+
+    import torch
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+    torch.set_num_threads(1)
+    from trm_fast.train.loop import Trainer
+
+    trainer = Trainer(config_lib.from_dict(cfg_dict), run_dir, progress=False, log=lambda _line: None)
+    try:
+        result = trainer.run()
+        with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as handle:
+            json.dump({"final_eval": result.final_eval, "best": trainer.best}, handle)
+    finally:
+        trainer.close()
+
+
+@pytest.mark.slow
+def test_two_ranks_vote_on_their_shares_and_rank0_merges(tiny_arc_folder, tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    cfg = presets.preset("arc-cpu")
+    config_lib.apply_overrides(cfg, [
+        f"dataset={tiny_arc_folder}", "compile=false", "model.hidden_size=32", "model.num_heads=2",
+        "model.h_cycles=2", "model.l_cycles=1", "model.halt_max_steps=2", "model.forward_dtype=float32",
+        "model.halt_exploration_prob=0.0", "global_batch_size=8", "max_steps=4", "max_minutes=none",
+        "eval_interval=2", "eval_examples=none", "eval_batch_size=8", "log_interval=2",
+        "checkpoint_interval=none", "backend=torch",
+    ])
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.spawn(_arc_worker, args=(2, port, config_lib.to_dict(cfg), str(tmp_path / "run"), str(tmp_path)),
+             nprocs=2, join=True)
+    rank0, rank1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert rank0 == rank1  # the merged vote reaches every rank, so both keep the same best
+    assert "test/pass@2" in rank0["final_eval"] and rank0["best"]["metric"] == "eval/pass@2"
+    votes = json.loads((tmp_path / "run" / "arc_results.json").read_text())
+    assert votes["predictions"] == rank0["final_eval"]["test/count"] == 40  # both ranks' shares, merged
+    assert votes["unmatched"] == 0
