@@ -147,7 +147,8 @@ class TrainConfig:
     checkpoint_interval: Optional[int] = None  # None = at every evaluation
     keep_checkpoints: int = 3
     # The periodic-evaluation figure whose best checkpoint is kept beside the newest (best.json):
-    # exact_accuracy | accuracy (higher is better), lm_loss | loss (lower is better).
+    # exact_accuracy | accuracy (higher is better), lm_loss | loss (lower is better); on ARC data also
+    # pass@1 | pass@2 (the vote over augmentations, trm_fast.train.arc_eval; higher is better).
     best_metric: str = "exact_accuracy"
 
     device: str = "auto"  # auto | cpu | cuda
@@ -165,7 +166,7 @@ class TrainConfig:
 
 CHOICES = {
     "loss_type": ("stablemax", "softmax"),
-    "best_metric": ("exact_accuracy", "accuracy", "lm_loss", "loss"),
+    "best_metric": ("exact_accuracy", "accuracy", "lm_loss", "loss", "pass@1", "pass@2"),
     "device": ("auto", "cpu", "cuda"),
     "engine": ("fast", "reference"),
     "backend": ("auto", "torch", "triton", "cuda"),

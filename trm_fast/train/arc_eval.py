@@ -496,3 +496,51 @@ def evaluate_arc_folder(model: torch.nn.Module, folder: str | os.PathLike, devic
     voter_options.setdefault("blank_identifier_id", split.metadata.blank_identifier_id)
     batches = limited_eval_batches(split, batch_size, limit, context)
     return evaluate_arc(model, batches, device, folder, out_dir, context, **voter_options)
+
+
+# ----------------------------------------------------------------------------------------------
+# In the trainer
+
+
+def is_arc_folder(folder: str | os.PathLike | None) -> bool:
+    """Whether a dataset folder holds ARC data the voter can score: test_puzzles.json and
+    identifiers.json at its root (as trm_fast.data.arc_build and the reference builder write them)."""
+    if folder is None:
+        return False
+    folder = Path(folder)
+    return (folder / "test_puzzles.json").is_file() and (folder / "identifiers.json").is_file()
+
+
+def evaluate_and_vote(model: torch.nn.Module, batches: Iterable[dict], device: torch.device,
+                      folder: str | os.PathLike, *, blank_identifier_id: int = 0, context=None,
+                      prefix: str = "eval/", out_dir: str | os.PathLike | None = None,
+                      **evaluate_options) -> dict[str, float]:
+    """The trainer's evaluation of ARC data: `trm_fast.train.evaluate.evaluate`'s metrics plus the
+    vote's `<prefix>pass@k`, from one pass over `batches` (the examples evaluated: a periodic
+    evaluation's first eval_examples, or the whole test split; tasks without predictions score 0).
+    With a data-parallel `context` each rank votes on its share, rank 0 merges the votes, and every
+    rank returns the same figures. Writes submission.json and arc_results.json to `out_dir` when
+    given (rank 0)."""
+    from trm_fast.train import distributed as dist_lib
+    from trm_fast.train.evaluate import evaluate
+
+    voter = ArcVoter.from_folder(folder, blank_identifier_id=blank_identifier_id)
+
+    def vote(batch: dict, outputs: dict) -> None:
+        voter.add_batch(batch["puzzle_identifiers"], outputs["logits"].argmax(-1), outputs["q_halt_logits"].float(),
+                        batch["inputs"], batch.get("valid"))
+
+    metrics = evaluate(model, batches, device, context=context, prefix=prefix, on_outputs=vote, **evaluate_options)
+    context = context or dist_lib.DistContext()
+    states = dist_lib.gather_objects(voter.state(), context) if context.enabled else None
+    votes = None
+    if context.is_main:
+        if states is not None:
+            voter = ArcVoter.from_folder(folder, blank_identifier_id=blank_identifier_id)
+            for state in states:
+                voter.merge(state)
+        result = voter.result()
+        if out_dir is not None:
+            result.write(out_dir)
+        votes = {prefix + name: value for name, value in result.metrics.items()}
+    return {**metrics, **dist_lib.broadcast_object(votes, context)}

@@ -76,12 +76,17 @@ def evaluate(
     backend: Optional[str] = None,
     context: Optional[DistContext] = None,
     prefix: str = "eval/",
+    on_outputs: Optional[Callable[[dict, dict], None]] = None,
 ) -> dict[str, float]:
-    """Metrics over all (valid) examples of `batches` (this rank's shard; summed over ranks)."""
+    """Metrics over all (valid) examples of `batches` (this rank's shard; summed over ranks).
+    `on_outputs(batch, outputs)` sees each batch (on the device) with its last step's outputs (the
+    ARC vote, trm_fast.train.arc_eval.evaluate_and_vote)."""
     sums = torch.zeros(len(METRIC_NAMES), dtype=torch.float32, device=device)
     for batch in batches:
         batch = batch_to_device(batch, device)
         carry, outputs = run_all_steps(model, batch)
+        if on_outputs is not None:
+            on_outputs(batch, outputs)
         valid = _valid_rows(batch)
         _loss, metrics = act_loss(outputs, batch["labels"], valid, carry.steps, loss_type, backend, row_mask=valid)
         sums += metrics

@@ -34,6 +34,7 @@ from trm_fast import memory as memory_lib
 from trm_fast import tracking
 from trm_fast.cuda_graphs import GraphedStep
 from trm_fast.model import TRM, FastTRM, TRMConfig, make_model
+from trm_fast.train import arc_eval
 from trm_fast.train import distributed as dist_lib
 from trm_fast.train import run_directory
 from trm_fast.train.data import RunData, open_run_data
@@ -110,6 +111,11 @@ class Trainer:
         resume_path = run_directory.checkpoint_to_resume(self.run_dir) if resume else None
 
         self.data = open_run_data(cfg, self.context, self.local_batch_size)
+        # ARC data: evaluations also vote over the augmentations and log pass@k (arc_eval)
+        self.votes = arc_eval.is_arc_folder(self.data.folder)
+        if cfg.best_metric.startswith("pass@") and not self.votes:
+            raise ConfigError(f"best_metric={cfg.best_metric} needs ARC data (test_puzzles.json and identifiers.json "
+                              f"in {self.data.folder}); choose exact_accuracy, accuracy, lm_loss or loss")
 
         metadata = self.data.metadata
         model_config = config_lib.model_config(cfg, metadata.vocab_size, metadata.seq_len, metadata.num_puzzle_identifiers)
@@ -169,18 +175,16 @@ class Trainer:
         return self.run_step(batch)
 
     def run_evaluation(self, limit: Optional[int], prefix: str = "eval/") -> dict:
+        """The metrics of the EMA weights on the first `limit` test examples (None: all); on ARC data
+        with the vote's pass@k too (the final one writes submission.json and arc_results.json)."""
         cfg = self.cfg
-        batch_size = cfg.eval_batch_size or cfg.global_batch_size
-        model = self.eval_model()
-        return evaluate(
-            model,
-            self.data.eval_batches(batch_size, limit),
-            self.device,
-            loss_type=cfg.loss_type,
-            backend=cfg.backend,
-            context=self.context,
-            prefix=prefix,
-        )
+        batches = self.data.eval_batches(cfg.eval_batch_size or cfg.global_batch_size, limit)
+        options = dict(loss_type=cfg.loss_type, backend=cfg.backend, context=self.context, prefix=prefix)
+        if self.votes:
+            return arc_eval.evaluate_and_vote(self.eval_model(), batches, self.device, self.data.folder,
+                                              blank_identifier_id=self.data.metadata.blank_identifier_id,
+                                              out_dir=self.run_dir if prefix == "test/" else None, **options)
+        return evaluate(self.eval_model(), batches, self.device, **options)
 
     # ------------------------------------------------------------------------------------------
     def save_checkpoint(self) -> Optional[Path]:
@@ -368,6 +372,7 @@ class Trainer:
             f"step {self.step} {label}: exact {metrics[prefix + 'exact_accuracy']:.4f} "
             f"token {metrics[prefix + 'accuracy']:.4f} q-halt {metrics[prefix + 'q_halt_accuracy']:.4f} "
             f"lm_loss {metrics[prefix + 'lm_loss']:.4f} on {int(metrics[prefix + 'count'])} examples"
+            + "".join(f" {name} {metrics[prefix + name]:.4f}" for name in ("pass@1", "pass@2") if prefix + name in metrics)
         )
 
     def close(self) -> None:

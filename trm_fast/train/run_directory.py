@@ -50,7 +50,7 @@ METRICS_FILE = "metrics.jsonl"
 FINAL_EVAL_FILE = "final_eval.json"
 BEST_FILE = "best.json"
 # cfg.best_metric -> +1 when higher is better, -1 when lower is
-BEST_METRIC_SIGN = {"exact_accuracy": 1, "accuracy": 1, "lm_loss": -1, "loss": -1}
+BEST_METRIC_SIGN = {"exact_accuracy": 1, "accuracy": 1, "lm_loss": -1, "loss": -1, "pass@1": 1, "pass@2": 1}
 WHICH = ("newest", "best")
 CHECKPOINT_DIR = "checkpoints"
 _NAME = re.compile(r"^step_(\d+)\.pt$")
