@@ -494,7 +494,6 @@ def _add_run_config_arguments(parser, for_study: bool = False) -> None:
 
 def make_parser() -> argparse.ArgumentParser:
     import trm_fast
-    from trm_fast import config as config_lib
 
     parser = _Parser(prog=PROG, description="Train and run Tiny Recursive Models (TRM).")
     parser.add_argument("--version", action="version", version=f"{PROG} {trm_fast.__version__}")

@@ -23,6 +23,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FormatStrFormatter, LogLocator, MaxNLocator, NullFormatter
 
+from trm_fast.atomic import atomic_write
 from trm_fast.config import ConfigError
 
 # The tutorial's figure: blue solid baseline, red dashed no EMA, green dash-dot less recursion,
@@ -67,13 +68,7 @@ def check_image_path(path: str | os.PathLike) -> str:
 def save_figure(figure: Figure, path: str | os.PathLike) -> Path:
     """Write the figure; the format follows the file's extension (png, pdf, svg, ...)."""
     kind = check_image_path(path)
-    path = Path(path)
-    if path.parent and not path.parent.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    figure.savefig(temporary, format=kind)
-    os.replace(temporary, path)
-    return path
+    return atomic_write(path, lambda stream: figure.savefig(stream, format=kind), binary=True)
 
 
 def variant_styles(names: Sequence[str]) -> dict[str, tuple[str, str]]:

@@ -12,6 +12,7 @@ from typing import Optional
 
 from trm_fast import budget as budget_lib
 from trm_fast import config as config_lib
+from trm_fast.atomic import atomic_write_json, atomic_write_text
 from trm_fast.config import ConfigError, TrainConfig
 from trm_fast.presets import STUDY_OVERRIDES, default_preset_name
 from trm_fast.presets import preset as preset_config
@@ -233,12 +234,10 @@ def check_study_dir(study: Study) -> None:
 
 
 def write_text(path: Path, text: str) -> None:
-    """Written whole or not at all (a temporary file renamed over the target)."""
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
+    """Written whole or not at all (trm_fast.atomic)."""
+    atomic_write_text(path, text)
 
 
 def write_json(path: Path, values) -> None:
-    write_text(path, json.dumps(values, indent=2) + "\n")
+    atomic_write_json(path, values)
 

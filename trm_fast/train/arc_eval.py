@@ -29,7 +29,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +37,7 @@ from typing import Iterable, Optional, Sequence
 import numpy as np
 import torch
 
+from trm_fast.atomic import atomic_write_json
 from trm_fast.data.errors import DataError
 
 PASS_KS = (1, 2, 5, 10, 100, 1000)
@@ -261,25 +261,9 @@ class ArcResult:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         results = {**self.summary(), "tasks": self.tasks}
-        self.files = {"submission": str(_write_json_atomic(out / SUBMISSION_FILE, self.submission)),
-                      "results": str(_write_json_atomic(out / RESULTS_FILE, results))}
+        self.files = {"submission": str(atomic_write_json(out / SUBMISSION_FILE, self.submission)),
+                      "results": str(atomic_write_json(out / RESULTS_FILE, results))}
         return self.files
-
-
-def _write_json_atomic(path: Path, payload) -> Path:
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as file:
-            json.dump(payload, file)
-            file.write("\n")
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
-    return path
 
 
 def _sigmoid(logits: np.ndarray) -> np.ndarray:

@@ -25,7 +25,6 @@ import json
 import os
 import random
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
@@ -34,6 +33,7 @@ import numpy as np
 import torch
 
 from trm_fast import config as config_lib
+from trm_fast.atomic import atomic_write, atomic_write_json
 from trm_fast.errors import CheckpointError, RunDirectoryError, first_line
 from trm_fast.model import ACTCarry
 from trm_fast.model.compat import CHECKPOINT_FORMAT as FORMAT
@@ -137,21 +137,7 @@ def is_better(value: float, best: Optional[dict], metric_name: str) -> bool:
 
 def write_best(run_dir: str | os.PathLike, best: dict) -> None:
     """best.json, atomically (temporary file, fsync, rename): a reader sees the old record or the new."""
-    path = best_path(run_dir)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as stream:
-            json.dump(best, stream, indent=2)
-            stream.write("\n")
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        try:
-            os.unlink(temp_name)
-        except FileNotFoundError:
-            pass
-        raise
+    atomic_write_json(best_path(run_dir), best)
 
 
 def read_best(run_dir: str | os.PathLike) -> Optional[dict]:
@@ -306,29 +292,7 @@ def latest_training_record(run_dir: str | os.PathLike) -> Optional[dict]:
 
 
 def atomic_torch_save(payload: Any, path: str | os.PathLike) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            torch.save(payload, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        try:
-            os.unlink(temp_name)
-        except FileNotFoundError:
-            pass
-        raise
-    try:  # make the rename itself durable
-        directory = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
-    except OSError:
-        pass
+    atomic_write(path, lambda stream: torch.save(payload, stream), binary=True)
 
 
 def list_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
