@@ -322,7 +322,7 @@ def cmd_eval(args) -> int:
                                         loss_type=args.loss_type, backend=args.backend)
     kind = source.puzzle_kind
     out_dir = Path(args.out) if args.out else None
-    if out_dir is None:
+    if out_dir is None and source.needs_all_steps:  # where a voting kind writes its files by default
         from trm_fast.solver import find_checkpoint
 
         out_dir = kind.vote_out_dir(find_checkpoint(args.checkpoint, args.which))
