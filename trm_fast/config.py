@@ -101,7 +101,7 @@ class TrackingSettings:
 @dataclass
 class TrainConfig:
     preset: str = ""
-    # Data: a kind of trm_fast.puzzles.KINDS ("maze", "sudoku": built-in generators, cached under
+    # Data: a kind of trm_fast.puzzles.KINDS ("maze", "sudoku", "arc": built-in data, cached under
     # data_dir; each has its settings field below) or a reference-layout folder.
     dataset: str = "maze"
     data_dir: Optional[str] = None

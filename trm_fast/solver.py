@@ -250,7 +250,11 @@ class PuzzleFormat:
         return self.encode_rows(rows, where)
 
     def encode_rows(self, rows: Sequence[str], where: str) -> np.ndarray:
-        """Text rows (or one string holding the whole grid) -> tokens [seq_len]."""
+        """Text rows (or one string holding the whole grid) -> tokens [seq_len] (as the kind reads them)."""
+        return self.puzzle_kind.encode_rows(self, rows, where)
+
+    def encode_grid_rows(self, rows: Sequence[str], where: str) -> np.ndarray:
+        """Text rows of side x side cells (or one string of them all) -> tokens [seq_len]."""
         cells = self.puzzle_kind.text_rows(rows)
         if len(cells) > 1:
             for number, row in enumerate(cells, 1):
@@ -264,20 +268,33 @@ class PuzzleFormat:
         return self.encode_values(self.puzzle_kind.values_from_cells(self, flat, where), where)
 
     def encode_values(self, values: np.ndarray, where: str) -> np.ndarray:
-        """Integers as the user has them (maze tokens, Sudoku digits, token ids) -> checked tokens."""
-        values = np.asarray(values).reshape(-1).astype(np.int64)
+        """Integers as the user has them (maze tokens, Sudoku digits, ARC colours, token ids) -> checked tokens."""
+        return self.puzzle_kind.encode_values(self, values, where)
+
+    def check_values(self, values: np.ndarray, where: str) -> np.ndarray:
+        """Integers (any shape) checked against the kind's `value_range`, as int64."""
+        values = np.asarray(values).astype(np.int64)
         low, high, what = self.puzzle_kind.value_range(self)
-        outside = np.flatnonzero((values < low) | (values > high))
+        outside = np.flatnonzero((values.reshape(-1) < low) | (values.reshape(-1) > high))
         if len(outside):
             position = int(outside[0])
-            raise DataError(where, f"value {int(values[position])} at cell {position} is not one of the {what} "
+            raise DataError(where, f"value {int(values.reshape(-1)[position])} at cell {position} is not one of the {what} "
                                    f"{low}..{high}")
+        return values
+
+    def encode_flat_values(self, values: np.ndarray, where: str) -> np.ndarray:
+        """seq_len integers (any shape) -> checked tokens."""
+        values = self.check_values(np.asarray(values).reshape(-1), where)
         return self.puzzle_kind.tokens_from_values(self, values, where)
 
     def encode_array(self, array: np.ndarray, where: str) -> tuple[np.ndarray, bool]:
         """An integer array: (tokens [B, seq_len], whether it was one puzzle)."""
         if array.dtype.kind not in "iu":
             raise DataError(where, f"expected integers, got an array of {array.dtype}")
+        return self.puzzle_kind.encode_array(self, array, where)
+
+    def encode_grid_array(self, array: np.ndarray, where: str) -> tuple[np.ndarray, bool]:
+        """An integer array of side x side (or seq_len) puzzles, one or a batch."""
         side = self.side
         single_shapes = {(self.seq_len,), (side, side)} if side != self.seq_len else {(self.seq_len,)}
         if array.shape in single_shapes:
@@ -317,8 +334,7 @@ class PuzzleFormat:
 
     def grid(self, tokens: np.ndarray) -> np.ndarray:
         """An answer as integers: maze tokens (5 = path), Sudoku digits, or token ids; 2-D when square."""
-        values = self.puzzle_kind.answer_values(self, np.asarray(tokens).astype(np.int64))
-        return values.reshape(self.side, self.side) if self.side != self.seq_len else values
+        return self.puzzle_kind.answer_grid(self, np.asarray(tokens).astype(np.int64))
 
     def text(self, tokens: np.ndarray) -> str:
         """An answer as text rows: a maze over "# SGo", a Sudoku's digits ('.' where it left a blank)."""
@@ -372,6 +388,24 @@ def _settings(settings) -> dict:
     return config_lib.parse_fields(TRMConfig, list(settings))
 
 
+def _builtin_data_path(kind: PuzzleKind, found: Checkpoint) -> str:
+    """The folder of a built-in dataset name given as the data (`--dataset arc`): the checkpoint's own
+    data when it trained on that kind, else the cache folder of the kind's default settings."""
+    from trm_fast.config import TrainConfig
+    from trm_fast.train.data import dataset_dir
+
+    train = found.meta.get("train_config") or {}
+    if get_kind(train.get("dataset")) is kind and found.data_path is not None:
+        return found.data_path
+    cfg = TrainConfig()
+    cfg.dataset = kind.name
+    folder = dataset_dir(cfg)
+    if not folder.is_dir():
+        raise DataError(folder, f"the checkpoint did not train on the built-in {kind.name} data and its default "
+                                f"folder is not built; give the dataset folder (--dataset DIR)")
+    return str(folder)
+
+
 def load_for_eval(checkpoint: str | Path, dataset: Optional[str | Path] = None, *, settings=None, engine: str = "fast",
                   backend: Optional[str] = None, weights: Optional[str] = None,
                   device: Optional[torch.device] = None, log: Optional[Callable[[str], None]] = None,
@@ -385,6 +419,8 @@ def load_for_eval(checkpoint: str | Path, dataset: Optional[str | Path] = None, 
     known = _settings(settings)
     found = read_checkpoint(checkpoint, weights, which)
     data_path = dataset if dataset is not None else found.data_path
+    if dataset is not None and get_kind(str(dataset)) is not None and not Path(dataset).exists():
+        data_path = _builtin_data_path(get_kind(str(dataset)), found)
     if data_path is None:
         raise DataError(found.path, "does not say which data it was trained on: give a dataset folder or CSV (--dataset)")
     source = open_eval_source(data_path)

@@ -136,7 +136,9 @@ def parse_augmented_name(name: str) -> tuple[str, int, np.ndarray]:
     parts = name.split(SEPARATOR)
     if len(parts) != 3 or not parts[0] or not parts[1].startswith("t") or not parts[1][1:].isdigit():
         raise DataError("puzzle name", f"expected 'id|||t<k>|||<10 digits>', got {name!r}")
-    return parts[0], _check_k(int(parts[1][1:])), colour_map(parts[2])
+    if not 0 <= int(parts[1][1:]) < 8:
+        raise DataError("puzzle name", f"transform '{parts[1]}' is not t0..t7 in {name!r}")
+    return parts[0], int(parts[1][1:]), colour_map(parts[2])
 
 
 def random_augmentation(rng: np.random.Generator) -> tuple[int, np.ndarray]:
@@ -177,24 +179,38 @@ def grid_to_tokens(grid: np.ndarray, canvas: int = MAX_GRID, offset: tuple[int, 
     return out.reshape(-1)
 
 
+def crop_shapes(windows: np.ndarray) -> np.ndarray:
+    """[..., 2] (rows, cols) of the largest top-left rectangle of colour tokens (2..11) of each
+    window in `windows` [..., H, W] (the reference evaluator's crop): scanning rows down, a row's
+    width is its run of colour tokens from column 0 (stopping at EOS, PAD or anything else), capped
+    by the rows above; the shape is the row count and width of largest area, the first on ties;
+    (0, 0) when the top-left cell is no colour."""
+    windows = np.asarray(windows)
+    lead, (height, width) = windows.shape[:-2], windows.shape[-2:]
+    if height == 0 or width == 0:
+        return np.zeros((*lead, 2), dtype=np.int64)
+    valid = (windows >= COLOUR_OFFSET) & (windows < VOCAB_SIZE)
+    runs = np.where(valid.all(axis=-1), width, np.argmin(valid, axis=-1))  # [..., H]: colour run per row
+    widths = np.minimum.accumulate(runs, axis=-1)
+    areas = widths * np.arange(1, height + 1)
+    best = np.argmax(areas, axis=-1)
+    shapes = np.stack([best + 1, np.take_along_axis(widths, best[..., None], axis=-1)[..., 0]], axis=-1)
+    shapes[areas.max(axis=-1) == 0] = 0
+    return shapes.astype(np.int64)
+
+
 def tokens_to_grid(tokens: np.ndarray, canvas: int | None = None, offset: tuple[int, int] = (0, 0)) -> np.ndarray:
     """The grid in canvas tokens: from `offset`, the largest-area top-left rectangle made only of
-    colour tokens (2..11), minus 2 (the reference evaluator's crop). An empty (0, 0) grid when
-    the cell at `offset` is not a colour."""
+    colour tokens (2..11), minus 2 (the reference evaluator's crop, `crop_shapes`). An empty (0, 0)
+    grid when the cell at `offset` is not a colour."""
     flat = np.asarray(tokens).reshape(-1)
     side = _canvas_of(flat.size, canvas)
     r, c = (int(v) for v in offset)
     window = flat.reshape(side, side)[r:, c:]
-    valid = (window >= COLOUR_OFFSET) & (window < VOCAB_SIZE)
-    if valid.size == 0:
+    rows, cols = crop_shapes(window)
+    if rows == 0:
         return np.zeros((0, 0), dtype=np.uint8)
-    widths = np.where(valid.all(axis=1), valid.shape[1], np.argmin(valid, axis=1))
-    widths = np.minimum.accumulate(widths)
-    areas = widths * np.arange(1, len(widths) + 1)
-    rows = int(np.argmax(areas)) + 1
-    if areas[rows - 1] == 0:
-        return np.zeros((0, 0), dtype=np.uint8)
-    return (window[:rows, :int(widths[rows - 1])] - COLOUR_OFFSET).astype(np.uint8)
+    return (window[:rows, :cols] - COLOUR_OFFSET).astype(np.uint8)
 
 
 def tokens_offset(tokens: np.ndarray, canvas: int | None = None) -> tuple[int, int]:

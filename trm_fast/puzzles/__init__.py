@@ -13,10 +13,10 @@ import json
 from pathlib import Path
 from typing import Any, Optional
 
-from trm_fast.puzzles import maze, sudoku
+from trm_fast.puzzles import arc, maze, sudoku
 from trm_fast.puzzles.base import GRID, PuzzleKind
 
-KINDS: dict[str, PuzzleKind] = {kind.name: kind for kind in (maze.KIND, sudoku.KIND)}
+KINDS: dict[str, PuzzleKind] = {kind.name: kind for kind in (maze.KIND, sudoku.KIND, arc.KIND)}
 DEFAULT_KIND = "maze"  # TrainConfig's default dataset, and the presets' kind when the data says nothing
 
 
@@ -45,7 +45,8 @@ def guess_kind(vocab_size: int, seq_len: int) -> tuple[str, Any]:
 
 def kind_of_data(folder, metadata) -> tuple[str, Any]:
     """(kind name or "grid", shape) of a dataset folder (or split folder): from its trm_fast_build.json
-    when that names a kind, else from the metadata as the reference builders write it."""
+    when that names a kind, else from the folder and metadata as the reference builders write them
+    (each kind's `guess_data`, in guess order)."""
     from trm_fast.data.dataset import read_build_info
 
     record = read_build_info(folder) if folder is not None else None
@@ -53,7 +54,13 @@ def kind_of_data(folder, metadata) -> tuple[str, Any]:
         kind = get_kind(record.get("kind"))
         readable, shape = kind.shape_from_record(record) if kind is not None else (False, None)
         return (kind.name, shape) if readable else (GRID.name, None)
-    return guess_kind(metadata.vocab_size, metadata.seq_len)
+    if folder is None:
+        return guess_kind(metadata.vocab_size, metadata.seq_len)
+    for kind in _guessing_order():
+        fits, shape = kind.guess_data(Path(folder), metadata)
+        if fits:
+            return kind.name, shape
+    return GRID.name, None
 
 
 def kind_of_folder(path) -> Optional[PuzzleKind]:

@@ -30,6 +30,9 @@ class PuzzleKind:
     guess_rank: int = 100
     # What `trm-fast solve` prints under the question when its pictures mark wrong cells with '*'.
     marks_note: Optional[str] = None
+    # Whether its answers are voted over every supervision step (ARC): evaluation then runs all
+    # steps, also when asked to halt early (trm_fast.train.data.EvalSource.needs_all_steps).
+    needs_all_steps: bool = False
 
     def __repr__(self) -> str:
         return f"<puzzle kind {self.name}>"
@@ -88,6 +91,11 @@ class PuzzleKind:
         """(whether data of this vocabulary and length, with no record, is this kind, its shape)."""
         return False, None
 
+    def guess_data(self, folder: Optional[Path], metadata) -> tuple[bool, Any]:
+        """(whether a dataset folder with no record, of this metadata, is this kind, its shape):
+        by default what `guess_shape` says of its vocabulary and length."""
+        return self.guess_shape(metadata.vocab_size, metadata.seq_len)
+
     def is_csv(self, path: Path) -> bool:
         """Whether a CSV file holds this kind's puzzles."""
         return False
@@ -131,6 +139,17 @@ class PuzzleKind:
         run's test split as `test_file`, and sets it never saw."""
         raise NotImplementedError(f"no held-out sets for {self.name} data")
 
+    # -- evaluation
+
+    def vote(self, model, source, device, batch_size: int, limit: Optional[int], out_dir: Optional[Path]):
+        """The kind's own scoring of a test split beyond exact accuracy (ARC: votes over augmented
+        copies, pass@k, a submission written to `out_dir`); None for kinds scored by exact accuracy."""
+        return None
+
+    def vote_out_dir(self, checkpoint_path: Path) -> Optional[Path]:
+        """Where `vote` writes its files by default for a checkpoint (None: nothing written)."""
+        return None
+
     # -- puzzles as text and integers (trm_fast.solver.PuzzleFormat calls these with itself)
 
     def describe_format(self, fmt) -> str:
@@ -143,6 +162,24 @@ class PuzzleKind:
     def text_rows(self, rows: Sequence[str]) -> list[list[str]]:
         """The cells of each text row."""
         return [self.text_cells(row) for row in rows]
+
+    def encode_rows(self, fmt, rows: Sequence[str], where: str) -> np.ndarray:
+        """Text rows (or one string holding the whole grid) -> tokens [seq_len]: a grid of
+        fmt.side x fmt.side cells (fmt.encode_grid_rows)."""
+        return fmt.encode_grid_rows(rows, where)
+
+    def encode_values(self, fmt, values: np.ndarray, where: str) -> np.ndarray:
+        """Integers as the user has them -> checked tokens [seq_len] (fmt.encode_flat_values)."""
+        return fmt.encode_flat_values(values, where)
+
+    def encode_array(self, fmt, array: np.ndarray, where: str) -> tuple[np.ndarray, bool]:
+        """An integer array -> (tokens [B, seq_len], whether it was one puzzle) (fmt.encode_grid_array)."""
+        return fmt.encode_grid_array(array, where)
+
+    def answer_grid(self, fmt, tokens: np.ndarray) -> np.ndarray:
+        """An answer as integers (`answer_values`), 2-D when the canvas is square."""
+        values = self.answer_values(fmt, tokens)
+        return values.reshape(fmt.side, fmt.side) if fmt.side != fmt.seq_len else values
 
     def values_from_cells(self, fmt, cells: list[str], where: str) -> np.ndarray:
         """Text cells -> the integers a user would type for them (see `value_range`)."""

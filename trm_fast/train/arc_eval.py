@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from trm_fast.atomic import atomic_write_json
+from trm_fast.data import arc
 from trm_fast.data.errors import DataError
 
 PASS_KS = (1, 2, 5, 10, 100, 1000)
@@ -47,89 +48,13 @@ SUBMISSION_FILE = "submission.json"
 RESULTS_FILE = "arc_results.json"
 
 # ----------------------------------------------------------------------------------------------
-# Grid helpers. trm_fast.data.arc will own these when merged; they follow the reference builder
-# (dataset/common.py, dataset/build_arc_dataset.py).
-
-PAD_TOKEN, EOS_TOKEN, COLOUR_OFFSET = 0, 1, 2  # colour c is token c + 2
-NUM_COLOURS = 10
-MAX_GRID = 30
-AUG_SEPARATOR = "|||"
-# The reference's numbering: 0 identity, 1 rot90, 2 rot180, 3 rot270 (np.rot90, counter-clockwise),
-# 4 left-right flip, 5 up-down flip, 6 transpose, 7 anti-transpose (fliplr of rot90).
-DIHEDRAL_INVERSE = (0, 3, 2, 1, 4, 5, 6, 7)
-
-
-def _dihedral(grid: np.ndarray, k: int) -> np.ndarray:
-    """Dihedral transform k of a 2-D grid (numbering above)."""
-    if k == 0:
-        return grid
-    if k in (1, 2, 3):
-        return np.rot90(grid, k)
-    if k == 4:
-        return np.fliplr(grid)
-    if k == 5:
-        return np.flipud(grid)
-    if k == 6:
-        return grid.T
-    if k == 7:
-        return np.fliplr(np.rot90(grid, 1))
-    raise ValueError(f"dihedral transform {k} is not in 0..7")
-
-
-def _undo_dihedral(grid: np.ndarray, k: int) -> np.ndarray:
-    return _dihedral(grid, DIHEDRAL_INVERSE[k])
-
-
-def _augment(grid: np.ndarray, k: int, colour_map: np.ndarray) -> np.ndarray:
-    """The builder's augmentation: recolour (colour c -> colour_map[c]), then transform k."""
-    return np.ascontiguousarray(_dihedral(colour_map[np.asarray(grid)], k))
-
-
-def _inverse_colour_map(colour_map: np.ndarray) -> np.ndarray:
-    return np.argsort(colour_map).astype(np.uint8)
-
-
-def _deaugment(grid: np.ndarray, k: int, colour_map: np.ndarray) -> np.ndarray:
-    """Inverse of `_augment`."""
-    return _undo(grid, k, _inverse_colour_map(colour_map))
+# Grid helpers beyond trm_fast.data.arc's (which owns the dihedral numbering, colour maps, canvas
+# tokens and crop).
 
 
 def _undo(grid: np.ndarray, k: int, inverse_colour_map: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(inverse_colour_map[_undo_dihedral(np.asarray(grid), k)])
-
-
-def _aug_name(task: str, k: int, colour_map: Sequence[int]) -> str:
-    return f"{task}{AUG_SEPARATOR}t{k}{AUG_SEPARATOR}{''.join(str(int(c)) for c in colour_map)}"
-
-
-def _parse_aug_name(name: str) -> tuple[str, int, np.ndarray]:
-    """(task id, transform k, colour map [10]) of an identifier name; a name without the separator
-    is an original task (identity). Raises ValueError for a malformed name."""
-    if AUG_SEPARATOR not in name:
-        return name, 0, np.arange(NUM_COLOURS, dtype=np.uint8)
-    parts = name.split(AUG_SEPARATOR)
-    if len(parts) != 3:
-        raise ValueError("expected 'task|||t<k>|||<colour map>'")
-    task, transform, perm = parts
-    if len(transform) != 2 or transform[0] != "t" or transform[1] not in "01234567":
-        raise ValueError(f"transform '{transform}' is not t0..t7")
-    if sorted(perm) != list("0123456789") or perm[0] != "0":
-        raise ValueError(f"colour map '{perm}' is not a permutation of 0-9 that keeps 0")
-    return task, int(transform[1]), np.array([int(c) for c in perm], dtype=np.uint8)
-
-
-def _to_canvas(grid: np.ndarray, side: int = MAX_GRID) -> np.ndarray:
-    """Tokens [side * side] of a grid drawn top-left: colour c -> c + 2, EOS one row below and one
-    column right of the grid, PAD elsewhere (the builder's test-split layout)."""
-    grid = np.asarray(grid)
-    rows, cols = grid.shape
-    canvas = np.full((side, side), PAD_TOKEN, dtype=np.uint8)
-    canvas[:rows, :cols] = grid + COLOUR_OFFSET
-    if rows < side:
-        canvas[rows, :cols] = EOS_TOKEN
-    if cols < side:
-        canvas[:rows, cols] = EOS_TOKEN
-    return canvas.reshape(-1)
+    """Undo an augmentation given its transform and the inverse of its colour map."""
+    return np.ascontiguousarray(inverse_colour_map[arc.inverse_dihedral(np.asarray(grid), k)])
 
 
 def _canvas_side(seq_len: int) -> int:
@@ -140,29 +65,9 @@ def _canvas_side(seq_len: int) -> int:
 
 
 def _crop_shapes(tokens: np.ndarray) -> np.ndarray:
-    """[N, 2] (rows, cols) of the largest top-left rectangle of colour tokens of each canvas in
-    `tokens` [N, side * side]: scanning rows down, a row's width is the run of colour tokens from
-    column 0 (stopping at EOS, PAD or anything else), capped by the rows above; the shape is the
-    row count and width of largest area, the first one on ties; (0, 0) when the top-left is no colour."""
-    count = tokens.shape[0]
+    """[N, 2] crop shapes of the canvases `tokens` [N, side * side] (trm_fast.data.arc.crop_shapes)."""
     side = _canvas_side(tokens.shape[1])
-    colour = (tokens >= COLOUR_OFFSET) & (tokens < COLOUR_OFFSET + NUM_COLOURS)
-    colour = colour.reshape(count, side, side)
-    run = np.where(colour.all(-1), side, np.argmin(colour, axis=-1))  # [N, side]: colour run per row
-    width = np.minimum.accumulate(run, axis=1)
-    area = width * np.arange(1, side + 1)
-    best = np.argmax(area, axis=1)
-    shapes = np.stack([best + 1, width[np.arange(count), best]], axis=1)
-    shapes[area.max(axis=1) == 0] = 0
-    return shapes
-
-
-def _crop(tokens: np.ndarray) -> np.ndarray:
-    """The colour grid of one canvas (see `_crop_shapes`)."""
-    tokens = np.asarray(tokens).reshape(1, -1)
-    rows, cols = _crop_shapes(tokens)[0]
-    side = _canvas_side(tokens.shape[1])
-    return (tokens.reshape(side, side)[:rows, :cols] - COLOUR_OFFSET).astype(np.uint8)
+    return arc.crop_shapes(tokens.reshape(tokens.shape[0], side, side))
 
 
 def _grid_key(grid: np.ndarray) -> tuple[int, int, bytes]:
@@ -195,15 +100,6 @@ def check_identifiers(names, where: str | os.PathLike = "identifiers.json") -> l
     return names
 
 
-def _check_grid(grid, where, what: str) -> np.ndarray:
-    ok = (isinstance(grid, list) and 0 < len(grid) <= MAX_GRID and all(isinstance(row, list) for row in grid)
-          and 0 < len(grid[0]) <= MAX_GRID and all(len(row) == len(grid[0]) for row in grid)
-          and all(type(c) is int and 0 <= c < NUM_COLOURS for row in grid for c in row))
-    if not ok:
-        raise DataError(where, f"{what} is not a rectangular grid of 1-{MAX_GRID} rows and columns of colours 0-9")
-    return np.array(grid, dtype=np.uint8)
-
-
 @dataclass
 class _TestInput:
     input: np.ndarray
@@ -224,8 +120,8 @@ def check_test_puzzles(puzzles, where: str | os.PathLike = "test_puzzles.json") 
         for index, pair in enumerate(tests):
             if not isinstance(pair, dict) or "input" not in pair or "output" not in pair:
                 raise DataError(where, f"task '{task}' test pair {index} lacks \"input\" or \"output\"")
-            pairs.append(_TestInput(_check_grid(pair["input"], where, f"task '{task}' test pair {index} input"),
-                                    _check_grid(pair["output"], where, f"task '{task}' test pair {index} output")))
+            pairs.append(_TestInput(arc.parse_grid(pair["input"], where, f"task '{task}' test pair {index} input"),
+                                    arc.parse_grid(pair["output"], where, f"task '{task}' test pair {index} output")))
         tasks[str(task)] = pairs
     return tasks
 
@@ -319,10 +215,10 @@ class ArcVoter:
                                 f"{len(self.identifiers)} names (is it this dataset's identifiers.json?)")
             name = self.identifiers[identifier]
             try:
-                task, k, colour_map = _parse_aug_name(name)
-            except ValueError as exc:
+                task, k, colour_map = arc.parse_augmented_name(name)
+            except DataError as exc:
                 raise DataError(self.identifiers_path, f"entry {identifier} '{name[:80]}': {exc}") from None
-            parsed = self._names[identifier] = (task, k, _inverse_colour_map(colour_map))
+            parsed = self._names[identifier] = (task, k, arc.inverse_colour_map(colour_map))
         return parsed
 
     def add_batch(self, puzzle_identifiers, predictions, q_halt_logits, inputs, valid=None) -> None:
@@ -342,8 +238,8 @@ class ArcVoter:
         side = _canvas_side(predictions.shape[1])
         pred_shapes, input_shapes = _crop_shapes(predictions), _crop_shapes(inputs)
         # Colours (values outside the crops are meaningless and never read).
-        predictions = (predictions.astype(np.int16) - COLOUR_OFFSET).astype(np.uint8).reshape(-1, side, side)
-        inputs = (inputs.astype(np.int16) - COLOUR_OFFSET).astype(np.uint8).reshape(-1, side, side)
+        predictions = (predictions.astype(np.int16) - arc.COLOUR_OFFSET).astype(np.uint8).reshape(-1, side, side)
+        inputs = (inputs.astype(np.int16) - arc.COLOUR_OFFSET).astype(np.uint8).reshape(-1, side, side)
         for row, identifier in enumerate(ids.tolist()):
             task, k, inverse_colours = self._name(identifier)
             (in_rows, in_cols), (out_rows, out_cols) = input_shapes[row], pred_shapes[row]

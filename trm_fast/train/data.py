@@ -117,8 +117,12 @@ class EvalSource:
     kind: str = "grid"  # a name in trm_fast.puzzles.KINDS, or "grid" (anything else: token ids)
     geometry: Any = None  # the kind's shape (Sudoku: its Geometry)
     # True for data whose answers are voted over every supervision step (ARC): evaluation then
-    # runs all steps even when asked to halt early.
+    # runs all steps even when asked to halt early. The kind's own flag (PuzzleKind.needs_all_steps)
+    # sets it.
     needs_all_steps: bool = False
+
+    def __post_init__(self):
+        self.needs_all_steps = bool(self.needs_all_steps or self.puzzle_kind.needs_all_steps)
 
     @property
     def metadata(self) -> PuzzleMetadata:
