@@ -200,26 +200,29 @@ def _arc2_paper() -> TrainConfig:
 
 
 def _arc_cpu() -> TrainConfig:
-    """A placeholder until experiments choose it (docs/arc.md): ARC-AGI-1 tasks that fit a 10x10
-    canvas, 16 augmentations each, and maze-cpu's width-64 TRM (T=2, n=2), for half an hour on a
-    2-core CPU. The numbers marked below are set by experiment."""
+    """ARC-AGI-1 on a 2-core CPU in half an hour, chosen by experiment (docs/arc.md): the 59 tasks
+    whose grids fit a 6x6 canvas, 8 augmentations each (each augmented puzzle's embedding is seen
+    often enough to learn its task), a width-96 TRM (T=2, n=2). Held out: the test inputs of the 46
+    such tasks of the training subset (their demonstrations are trained on, as the reference does for
+    the evaluation tasks); the 13 evaluation tasks that fit are trained on whole."""
     return TrainConfig(
         preset="arc-cpu",
         dataset="arc",
-        arc=ArcSettings(version=1, canvas=10, num_aug=16, test_subset=None),  # set by experiment (docs/arc.md)
+        arc=ArcSettings(version=1, canvas=6, num_aug=8, test_subset="training"),
         model=ModelSettings(
-            hidden_size=64,  # set by experiment (docs/arc.md)
+            hidden_size=96,
             num_heads=4,
-            h_cycles=2,  # set by experiment (docs/arc.md)
-            l_cycles=2,  # set by experiment (docs/arc.md)
+            h_cycles=2,
+            l_cycles=2,
             puzzle_emb_len=1,
-            halt_max_steps=8,  # set by experiment (docs/arc.md)
+            halt_max_steps=8,
             forward_dtype="bfloat16",
         ),
         **dict(
             _CPU_TRAINING,
-            puzzle_emb_lr=1e-2,  # set by experiment (docs/arc.md)
-            max_minutes=30,  # set by experiment (docs/arc.md)
+            puzzle_emb_lr=1e-2,  # 1e-3 (maze-cpu's) is too slow for ~2,000 steps
+            max_minutes=30,  # the schedule fills 30 minutes (trm_fast.budget)
+            eval_examples=None,  # the whole test split (477 examples): pass@k needs every augmentation
             best_metric="pass@2",
         ),
     )
