@@ -53,6 +53,27 @@ def test_plot_writes_a_png_of_loss_accuracy_and_lr(tiny_run, tmp_path, capsys):
     assert held_out.get_ydata()[-1] == pytest.approx(100 * records[-1]["test/exact_accuracy"])
 
 
+def test_plot_draws_arc_pass_at_2_when_the_run_voted(tiny_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "voted"
+    shutil.copytree(tiny_run, run)
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for number, record in enumerate(records):  # as an ARC run logs them: eval/pass@k, test/pass@k
+        if "eval/exact_accuracy" in record:
+            record["eval/pass@2"] = 0.1 * (number + 1)
+        if record.get("final"):
+            record["test/pass@2"] = 0.75
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+    exact_axes = plots.runs_figure([load_run(run)]).axes[1]
+    voted = exact_axes.get_lines()[2]
+    expected = [100 * r["eval/pass@2"] for r in records if "eval/pass@2" in r] + [75.0]
+    assert list(voted.get_ydata()) == pytest.approx(expected)
+    assert "pass@2" in exact_axes.get_title() and "pass@2" in voted.get_label()
+    assert len(plots.runs_figure([load_run(tiny_run)]).axes[1].get_lines()) == 2  # no vote, no third line
+
+
 def test_solve_image_draws_every_supervision_step(tiny_run, tmp_path, capsys, monkeypatch):
     written = []  # the figures `solve` saves
     save_figure = plots.save_figure

@@ -168,11 +168,13 @@ def ablation_figure(report: dict) -> Figure:
 
 def runs_figure(runs: Sequence) -> Figure:
     """Training curves of run directories (trm_fast.study.RunRecords): LM loss, exact accuracy
-    (training solid, held-out dashed with markers) and learning rate against step."""
+    (training solid, held-out dashed with markers, ARC's voted pass@2 dotted) and learning rate
+    against step."""
     styles = variant_styles([f"run{i}" for i in range(len(runs))])
     figure = new_figure(15, 4.6)
     loss_axes, exact_axes, lr_axes = figure.subplots(1, 3)
     names = _unique_names([run.run_dir for run in runs])
+    any_voted = False
     for index, (run, name) in enumerate(zip(runs, names)):
         colour = styles[f"run{index}"][0]
         steps = [r["step"] for r in run.train]
@@ -185,10 +187,20 @@ def runs_figure(runs: Sequence) -> Figure:
         if held:
             exact_axes.plot([s for s, _ in held], [100 * v for _, v in held], color=colour, linestyle="--",
                             marker="o", markersize=4, label=f"{name} (held-out)")
+        voted = [(r["step"], r["eval/pass@2"]) for r in run.evals if "eval/pass@2" in r]
+        if run.final is not None and "test/pass@2" in run.final:
+            voted.append((run.final["step"], run.final["test/pass@2"]))
+        if voted:  # ARC: the figure that counts is voted over a task's augmentations
+            exact_axes.plot([s for s, _ in voted], [100 * v for _, v in voted], color=colour, linestyle=":",
+                            marker="s", markersize=4, label=f"{name} (held-out pass@2, voted)")
+            any_voted = True
         lr_axes.plot(steps, [r.get("train/lr") for r in run.train], color=colour, label=name)
     loss_axes.set(xlabel="training step", ylabel="LM loss", yscale="log", title="LM loss (training)")
     exact_axes.set(xlabel="training step", ylabel="exact accuracy (%)", ylim=(-2, 102),
-                   title="Exact accuracy (solid: training, dashed: held-out)")
+                   title="Exact accuracy (solid: training, dashed: held-out"
+                         + ("; dotted: ARC pass@2)" if any_voted else ")"))
+    if any_voted:
+        exact_axes.legend(fontsize=8)
     lr_axes.set(xlabel="training step", ylabel="learning rate", title="Learning rate")
     for axes in (loss_axes, exact_axes, lr_axes):
         axes.grid(True, which="both", alpha=0.3)

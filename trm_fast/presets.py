@@ -223,6 +223,7 @@ def _arc_cpu() -> TrainConfig:
             puzzle_emb_lr=1e-2,  # 1e-3 (maze-cpu's) is too slow for ~2,000 steps
             max_minutes=30,  # the schedule fills 30 minutes (trm_fast.budget)
             eval_examples=None,  # the whole test split (477 examples): pass@k needs every augmentation
+            eval_interval=250,  # a vote takes seconds: a pass@k curve with a dozen points
             best_metric="pass@2",
         ),
     )
