@@ -210,12 +210,11 @@ def cmd_config(args) -> int:
 def preset_summary(cfg) -> str:
     """One line about a preset: data, model, batch, length, device."""
     from trm_fast import budget
-    from trm_fast.presets import describe_data
     from trm_fast.puzzles import get_kind
 
     model = cfg.model
     kind = get_kind(cfg.dataset)
-    data = kind.describe_settings(kind.settings(cfg)) if kind is not None else describe_data(cfg)
+    data = kind.describe_settings(kind.settings(cfg)) if kind is not None else f"dataset {cfg.dataset}"
     block = "MLP over tokens" if model.mlp_t else "attention"
     return (f"{data}; width {model.hidden_size}, {model.num_layers} layers ({block}), T={model.h_cycles} "
             f"n={model.l_cycles}, {model.forward_dtype}; batch {cfg.global_batch_size}; {budget.describe(cfg)}; "

@@ -234,17 +234,6 @@ PRESETS = {"maze-paper": _maze_paper, "maze-cpu": _maze_cpu, "sudoku-paper": _su
            "arc-paper": _arc_paper, "arc2-paper": _arc2_paper, "arc-cpu": _arc_cpu}
 
 
-def describe_data(cfg: TrainConfig) -> str:
-    """The data of a preset in a few words when its dataset has no puzzle kind registered (yet):
-    ARC from its settings, anything else by name (a registered kind describes its own)."""
-    if cfg.dataset == "arc":
-        arc = cfg.arc
-        subsets = arc.subsets or ("training + evaluation" if arc.version == 1 else "training2 + evaluation2")
-        return (f"ARC-AGI-{arc.version} ({subsets.replace(',', ' + ')}), {arc.num_aug} augmentations per task, "
-                f"canvas {arc.canvas}x{arc.canvas}")
-    return f"dataset {cfg.dataset}"
-
-
 def preset(name: str) -> TrainConfig:
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")

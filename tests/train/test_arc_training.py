@@ -52,7 +52,7 @@ def test_presets_listing_describes_the_arc_presets(capsys):
     lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.strip()}
     assert "ARC-AGI-1" in lines["arc-paper"] and "1000 augmentations" in lines["arc-paper"]
     assert "ARC-AGI-2" in lines["arc2-paper"]
-    assert "canvas 6x6" in lines["arc-cpu"] and "maze" not in lines["arc-cpu"]
+    assert "6x6 canvas" in lines["arc-cpu"] and "maze" not in lines["arc-cpu"]
 
 
 def test_arc_identifier_count_from_the_settings():
