@@ -118,6 +118,24 @@ def test_a_task_with_two_test_inputs_scores_half_when_one_is_solved():
                                           {"attempt_1": [[5]], "attempt_2": [[5]]}]
 
 
+def test_the_two_trivial_baselines_are_scored_per_task_like_pass_at_1(tmp_path):
+    puzzles = {
+        # identity solves the first test input only; the most common demonstration output ([[7]],
+        # twice against once) solves the second
+        "copy": {"train": [{"input": [[1]], "output": [[7]]}, {"input": [[2]], "output": [[7]]},
+                           {"input": [[3]], "output": [[8]]}],
+                 "test": [{"input": [[4, 4]], "output": [[4, 4]]}, {"input": [[5]], "output": [[7]]}]},
+        "none": {"train": [{"input": [[1]], "output": [[2]]}], "test": [{"input": [[3]], "output": [[4]]}]},
+    }
+    ids = ["<blank>", name("copy"), name("none")]
+    result = ArcVoter(ids, puzzles).result()
+    assert result.baselines == {"identity": pytest.approx(0.25), "most_common_output": pytest.approx(0.25)}
+    result.write(tmp_path)
+    written = json.loads((tmp_path / "arc_results.json").read_text())
+    assert written["baseline/identity"] == pytest.approx(0.25)
+    assert written["baseline/most_common_output"] == pytest.approx(0.25)
+
+
 def test_predictions_on_every_dihedral_transform_and_colour_permutation_vote_for_the_original_answer():
     original_in = np.array([[1, 2, 0, 0], [0, 3, 4, 0], [5, 0, 0, 6]], dtype=np.uint8)  # no symmetry
     original_out = np.array([[7, 8], [9, 1], [0, 2], [3, 3], [4, 5]], dtype=np.uint8)

@@ -293,6 +293,9 @@ def _print_votes(voted, final) -> None:
     if larger:
         print("  " + "  ".join(larger))
     print(f"  per-example exact accuracy (each augmented copy on its own, last step) {final['exact_accuracy']:.4f}")
+    if voted.baselines:
+        print("  baselines (no model, scored as pass@1): " + "  ".join(
+            f"{name.replace('_', ' ')} {value:.4f}" for name, value in voted.baselines.items()))
     if voted.files:
         print(f"wrote {voted.files['submission']} and {voted.files['results']}")
 

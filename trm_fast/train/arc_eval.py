@@ -126,6 +126,22 @@ def check_test_puzzles(puzzles, where: str | os.PathLike = "test_puzzles.json") 
     return tasks
 
 
+def baseline_scores(test_puzzles: dict, tasks: dict[str, list[_TestInput]]) -> dict[str, float]:
+    """Two answers that need no model, scored like pass@1 (the mean over tasks of the share of test
+    inputs solved): "identity" answers each test input with itself; "most_common_output" with the
+    task's most frequent demonstration output (the first of the most frequent on a tie). A model
+    that learnt nothing scores about these."""
+    identity, common = 0.0, 0.0
+    for task, pairs in tasks.items():
+        outputs = [np.asarray(pair["output"], dtype=np.uint8) for pair in test_puzzles[task].get("train", [])
+                   if isinstance(pair, dict) and "output" in pair]
+        keys = [_grid_key(grid) for grid in outputs]
+        most_common = max(keys, key=keys.count) if keys else None
+        identity += sum(np.array_equal(pair.input, pair.output) for pair in pairs) / len(pairs)
+        common += sum(most_common == _grid_key(pair.output) for pair in pairs) / len(pairs)
+    return {"identity": identity / len(tasks), "most_common_output": common / len(tasks)}
+
+
 # ----------------------------------------------------------------------------------------------
 # Voting
 
@@ -143,6 +159,7 @@ class ArcResult:
     unmatched: int  # predictions whose task or de-augmented input is not a test input of test_puzzles.json
     seconds: float = 0.0  # model time (evaluate_arc only)
     files: dict[str, str] = field(default_factory=dict)  # written files (after `write`)
+    baselines: dict[str, float] = field(default_factory=dict)  # baseline_scores of the same tasks
 
     @property
     def pass_at_2(self) -> float:
@@ -150,7 +167,8 @@ class ArcResult:
 
     def summary(self) -> dict:
         return {**self.metrics, "tasks": len(self.tasks), "predictions": self.predictions,
-                "unmatched": self.unmatched, "seconds": self.seconds}
+                "unmatched": self.unmatched, "seconds": self.seconds,
+                **{f"baseline/{name}": value for name, value in self.baselines.items()}}
 
     def write(self, out_dir: str | os.PathLike) -> dict[str, str]:
         """submission.json and arc_results.json in `out_dir`, each written atomically."""
@@ -181,6 +199,7 @@ class ArcVoter:
                  test_puzzles_path: str | os.PathLike = "test_puzzles.json"):
         self.identifiers = check_identifiers(identifiers, identifiers_path)
         self.tasks = check_test_puzzles(test_puzzles, test_puzzles_path)
+        self.baselines = baseline_scores(test_puzzles, self.tasks)
         self.identifiers_path = str(identifiers_path)
         self.blank_identifier_id = blank_identifier_id
         self.pass_ks = tuple(sorted(set(int(k) for k in pass_ks) | {1, ATTEMPTS}))
@@ -314,7 +333,7 @@ class ArcVoter:
             tasks[task] = {"score@1": scores[1], "score@2": scores[ATTEMPTS], "tests": tests}
             submission[task] = attempts
         metrics = {f"pass@{k}": totals[k] / len(self.tasks) for k in self.pass_ks}
-        return ArcResult(metrics, tasks, submission, self.predictions, self.unmatched)
+        return ArcResult(metrics, tasks, submission, self.predictions, self.unmatched, baselines=self.baselines)
 
 
 # ----------------------------------------------------------------------------------------------
