@@ -66,6 +66,10 @@ _CPU_TRAINING = dict(
     device="cpu",
 )
 
+# The attention TRM of the CPU presets (maze-cpu, arc-cpu): T=2, n=2, a 1-token puzzle prefix, at most
+# 8 supervision steps, a bf16 forward where the CPU has native bf16 (else float32).
+_CPU_MODEL = dict(num_heads=4, h_cycles=2, l_cycles=2, puzzle_emb_len=1, halt_max_steps=8, forward_dtype="bfloat16")
+
 
 def _maze_cpu() -> TrainConfig:
     """Random-wall mazes (the Maze-Hard style) and a width-64 TRM (T=2, n=2), compiled, that learn on
@@ -78,15 +82,7 @@ def _maze_cpu() -> TrainConfig:
         # Fresh mazes are cheap (20,000 in a few seconds): enough that ~6,000 steps of 64 never
         # repeat a maze more than ~20 times.
         maze=MazeSettings(size=7, num_train=20000, num_test=500),
-        model=ModelSettings(
-            hidden_size=64,
-            num_heads=4,
-            h_cycles=2,
-            l_cycles=2,
-            puzzle_emb_len=1,
-            halt_max_steps=8,
-            forward_dtype="bfloat16",
-        ),
+        model=ModelSettings(hidden_size=64, **_CPU_MODEL),
         max_steps=5000,  # sets the cosine schedule's length; ~15 min on 2 idle cores
         **_CPU_TRAINING,
     )
@@ -174,29 +170,27 @@ def _arc_paper_model() -> ModelSettings:
                          puzzle_emb_len=16, puzzle_emb_ndim=512, forward_dtype="bfloat16")
 
 
-def _arc_paper() -> TrainConfig:
-    """The reference ARC-AGI-1 run (paper: TRM-Att 44.6% pass@2): training + evaluation tasks (their
-    test pairs held out of the evaluation set), 1000 augmentations each; ConceptARC (not on PyPI) is
-    left out unless arc.json_dir holds its files and arc.subsets names it. ~3 days on 4 H100 in the
-    reference."""
+def _arc_paper_run(version: int) -> TrainConfig:
+    """The reference ARC run on ARC-AGI-`version`: training + evaluation tasks (their test pairs held
+    out of the evaluation set), 1000 augmentations each."""
     return TrainConfig(
-        preset="arc-paper",
+        preset="arc-paper" if version == 1 else f"arc{version}-paper",
         dataset="arc",
-        arc=ArcSettings(version=1, num_aug=1000),
+        arc=ArcSettings(version=version, num_aug=1000),
         model=_arc_paper_model(),
-        **dict(_ARC_PAPER_TRAINING, eval_interval=ARC_EVAL_INTERVAL[1]),
+        **dict(_ARC_PAPER_TRAINING, eval_interval=ARC_EVAL_INTERVAL[version]),
     )
+
+
+def _arc_paper() -> TrainConfig:
+    """The reference ARC-AGI-1 run (paper: TRM-Att 44.6% pass@2); ConceptARC (not on PyPI) is left out
+    unless arc.json_dir holds its files and arc.subsets names it. ~3 days on 4 H100 in the reference."""
+    return _arc_paper_run(1)
 
 
 def _arc2_paper() -> TrainConfig:
     """arc-paper on ARC-AGI-2 (paper: TRM-Att 7.8%): training2 + evaluation2, test set evaluation2."""
-    return TrainConfig(
-        preset="arc2-paper",
-        dataset="arc",
-        arc=ArcSettings(version=2, num_aug=1000),
-        model=_arc_paper_model(),
-        **dict(_ARC_PAPER_TRAINING, eval_interval=ARC_EVAL_INTERVAL[2]),
-    )
+    return _arc_paper_run(2)
 
 
 def _arc_cpu() -> TrainConfig:
@@ -209,18 +203,10 @@ def _arc_cpu() -> TrainConfig:
         preset="arc-cpu",
         dataset="arc",
         arc=ArcSettings(version=1, canvas=6, num_aug=8, test_subset="training"),
-        model=ModelSettings(
-            hidden_size=96,
-            num_heads=4,
-            h_cycles=2,
-            l_cycles=2,
-            puzzle_emb_len=1,
-            halt_max_steps=8,
-            forward_dtype="bfloat16",
-        ),
+        model=ModelSettings(hidden_size=96, **_CPU_MODEL),
         **dict(
             _CPU_TRAINING,
-            puzzle_emb_lr=1e-2,  # 1e-3 (maze-cpu's) is too slow for ~2,000 steps
+            puzzle_emb_lr=1e-2,  # the reference ARC runs' (maze-cpu's 1e-3 was not tried here)
             max_minutes=30,  # the schedule fills 30 minutes (trm_fast.budget)
             eval_examples=None,  # the whole test split (477 examples): pass@k needs every augmentation
             eval_interval=250,  # a vote takes seconds: a pass@k curve with a dozen points
