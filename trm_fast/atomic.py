@@ -18,6 +18,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], binary: b
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(temporary, _plain_file_mode())  # mkstemp makes it private (0600); open() would not
         with os.fdopen(handle, "wb" if binary else "w") as stream:
             write(stream)
             stream.flush()
@@ -38,6 +39,13 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], binary: b
     except OSError:  # some file systems cannot fsync a folder
         pass
     return path
+
+
+def _plain_file_mode() -> int:
+    """The permissions open() gives a new file: 0666 less the process's umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
