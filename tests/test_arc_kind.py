@@ -130,6 +130,16 @@ def test_a_reference_built_folder_is_recognised_as_arc_and_evaluates_a_reference
     assert sorted(submission) == ["aa", "bb"]
 
 
+def test_a_reference_built_folder_trains_and_evaluates(tmp_path, capsys):
+    folder = write_reference_folder(tmp_path / "reference-arc")
+    run = tmp_path / "run"
+    assert main(train_args(str(folder), tmp_path / "unused", run, TINY_SETS, 6, preset="maze-cpu")) == 0
+    assert main(["eval", "--checkpoint", str(run), *DEVICE]) == 0
+    out = capsys.readouterr().out
+    assert "3 predictions for 2 tasks (0 matched no test input)" in out
+    assert sorted(json.loads((run / "arc_eval" / "submission.json").read_text())) == ["aa", "bb"]
+
+
 def test_solve_image_draws_one_panel_per_step(trained, tmp_path, capsys, monkeypatch):
     root, _folder = trained
     drawn = []
