@@ -8,7 +8,7 @@ for backward (trm_fast/ops: `save_for_backward` of each op, plus the inputs torc
 - The puzzle-embedding table, a buffer updated by sign-SGD (no optimizer state, not in the EMA): fp32
   [num_puzzle_identifiers, puzzle_emb_ndim], plus the rows the local batch reads and their
   gradients (fp32 [B, puzzle_emb_ndim] each). One identifier per augmented ARC puzzle makes it
-  ~1.6 GB at the reference's width 512 (`arc_puzzle_identifiers`); a maze or Sudoku run has one row.
+  ~1.6 GB at the reference's width 512 (the kind's `puzzle_identifiers`); a maze or Sudoku run has one row.
   Evaluation builds a second model holding the EMA weights and a copy of the table: transient, while
   no training step is in flight, so not counted here.
 - The ACT carries of the whole local batch (y_answer and z_latent, [B, S, D] each, between steps).
@@ -153,33 +153,21 @@ def micro_batch_for(config: TRMConfig, cfg, local_batch_size: int, device) -> tu
 # ----------------------------------------------------------------------------------------------
 # Before the data exists: a config's model shape from its settings
 
-def arc_puzzle_identifiers(arc) -> int:
-    """Puzzle identifiers of the ARC data of ArcSettings `arc`, without building it: its tasks
-    (`estimated_task_count`) times num_aug + 1 (the original), plus the blank one. An upper bound:
-    augmentations rejected as duplicates of a symmetric task are left out when the data is built."""
-    from trm_fast.data.arc import estimated_task_count
-
-    return estimated_task_count(arc) * (arc.num_aug + 1) + 1
-
-
 def estimated_model_config(cfg) -> Optional[TRMConfig]:
     """The TRMConfig a run of `cfg` (a TrainConfig) will build, from its data settings and without
-    the data: ARC (vocabulary 12, the canvas's cells, `arc_puzzle_identifiers`), a built-in kind
-    (its data_shape, one identifier), or a folder's train/dataset.json; None when unknown."""
+    the data: a built-in kind's (its data_shape and puzzle_identifiers) or a folder's
+    train/dataset.json; None when unknown."""
     import json
     from pathlib import Path
 
     from trm_fast.config import model_config
     from trm_fast.puzzles import get_kind
 
-    if cfg.dataset == "arc":
-        from trm_fast.data.arc import VOCAB_SIZE
-
-        return model_config(cfg, VOCAB_SIZE, cfg.arc.canvas**2, arc_puzzle_identifiers(cfg.arc))
     kind = get_kind(cfg.dataset)
     if kind is not None:
-        vocab_size, seq_len, _examples = kind.data_shape(kind.settings(cfg))
-        return model_config(cfg, vocab_size, seq_len, 1)
+        settings = kind.settings(cfg)
+        vocab_size, seq_len, _examples = kind.data_shape(settings)
+        return model_config(cfg, vocab_size, seq_len, kind.puzzle_identifiers(settings))
     path = Path(cfg.dataset) / "train" / "dataset.json"
     try:
         meta = json.loads(path.read_text())

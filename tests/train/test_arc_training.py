@@ -8,6 +8,7 @@ from trm_fast import config as config_lib
 from trm_fast import memory as memory_lib
 from trm_fast import presets
 from trm_fast.config import ConfigError
+from trm_fast.puzzles import KINDS
 
 
 @pytest.mark.parametrize("name, version", [("arc-paper", 1), ("arc2-paper", 2)])
@@ -57,10 +58,10 @@ def test_presets_listing_describes_the_arc_presets(capsys):
 
 def test_arc_identifier_count_from_the_settings():
     cfg = presets.preset("arc-paper")
-    assert memory_lib.arc_puzzle_identifiers(cfg.arc) == 800 * 1001 + 1
-    assert memory_lib.arc_puzzle_identifiers(presets.preset("arc2-paper").arc) == 1120 * 1001 + 1
+    assert KINDS["arc"].puzzle_identifiers(cfg.arc) == 800 * 1001 + 1
+    assert KINDS["arc"].puzzle_identifiers(presets.preset("arc2-paper").arc) == 1120 * 1001 + 1
     config_lib.apply_overrides(cfg, ["arc.subsets=training,evaluation,concept", "arc.max_tasks=100"])
-    assert memory_lib.arc_puzzle_identifiers(cfg.arc) == 300 * 1001 + 1
+    assert KINDS["arc"].puzzle_identifiers(cfg.arc) == 300 * 1001 + 1
 
 
 def test_memory_estimate_counts_the_puzzle_table():

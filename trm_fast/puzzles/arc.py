@@ -90,6 +90,11 @@ class ArcKind(PuzzleKind):
         tasks = arc_lib.estimated_task_count(settings)
         return arc_lib.VOCAB_SIZE, settings.canvas ** 2, float(tasks)  # one group per task
 
+    def puzzle_identifiers(self, settings) -> int:
+        """One per augmented puzzle: its tasks times num_aug + 1 (the original), plus the blank one. An
+        upper bound: augmentations rejected as duplicates of a symmetric task are never built."""
+        return arc_lib.estimated_task_count(settings) * (settings.num_aug + 1) + 1
+
     def describe_settings(self, settings) -> str:
         tasks = f", first {settings.max_tasks} tasks per subset" if settings.max_tasks is not None else ""
         return (f"ARC-AGI-{settings.version} ({settings.canvas}x{settings.canvas} canvas, "

@@ -65,6 +65,11 @@ class PuzzleKind:
         without building it (run-time estimates)."""
         raise NotImplementedError
 
+    def puzzle_identifiers(self, settings) -> int:
+        """Rows of the puzzle-embedding table the generated data needs, without building it (memory
+        estimates): one shared identifier by default."""
+        return 1
+
     def describe_settings(self, settings) -> str:
         """The data of a preset in a few words (`trm-fast presets`)."""
         raise NotImplementedError
