@@ -51,8 +51,9 @@ class MazeSettings:
     num_test: int = 1000
     seed: int = 0
     augment: bool = False
-    # "corridors" (spanning-tree corridors) or "random" (walls cell by cell, as Maze-Hard); the
-    # random style draws each maze's wall share from [wall_share_min, wall_share_max].
+    # "corridors" (spanning-tree corridors), "random" (walls cell by cell, as Maze-Hard) or "mixed"
+    # (each maze one of the two); random walls draw each maze's wall share from
+    # [wall_share_min, wall_share_max].
     style: str = "random"
     wall_share_min: float = 0.3
     wall_share_max: float = 0.5
@@ -171,7 +172,7 @@ CHOICES = {
     "engine": ("fast", "reference"),
     "backend": ("auto", "torch", "triton", "cuda"),
     "model.pos_encodings": ("rope", "learned", "none"),
-    "maze.style": ("corridors", "random"),
+    "maze.style": ("corridors", "random", "mixed"),
     "model.forward_dtype": ("float32", "bfloat16", "float16"),
     "tracking.library": ("none", "tensorboard", "wandb"),
 }

@@ -228,8 +228,33 @@ def test_random_style_dataset_keeps_train_and_test_disjoint_up_to_symmetry(tmp_p
     assert len(train_keys) == 60 and len(test_keys) == 30 and not train_keys & test_keys
 
 
+def _open_2x2_blocks(inputs, size):
+    g = inputs.reshape(-1, size, size) != mz.WALL
+    return (g[:, :-1, :-1] & g[:, 1:, :-1] & g[:, :-1, 1:] & g[:, 1:, 1:]).sum(axis=(1, 2))
+
+
+def test_mixed_style_draws_corridor_and_random_wall_mazes(monkeypatch):
+    size = 10
+    corridors, _ = mz.generate_mazes(60, size, seed=3, style="corridors")
+    random_walls, _ = mz.generate_mazes(60, size, seed=3, style="random")
+    mixed, labels = mz.generate_mazes(200, size, seed=3, style="mixed")
+    for question, answer in zip(mixed, labels):
+        assert mz.shortest_path_count(question, size)[1] == 1
+        mz.check_maze_pair(question, answer, size)
+    # Open 2x2 blocks tell the styles apart: a few in a corridor maze, many with random walls.
+    cut = (np.percentile(_open_2x2_blocks(corridors, size), 90) + np.percentile(_open_2x2_blocks(random_walls, size), 10)) / 2
+    assert (_open_2x2_blocks(corridors, size) <= cut).mean() > 0.8 and (_open_2x2_blocks(random_walls, size) > cut).mean() > 0.8
+    corridor_like = (_open_2x2_blocks(mixed, size) <= cut).mean()
+    assert 0.3 < corridor_like < 0.7  # MIXED_CORRIDOR_SHARE = 0.5
+    monkeypatch.setattr(mz, "MIXED_CORRIDOR_SHARE", 1.0)
+    all_corridors, _ = mz.generate_mazes(60, size, seed=3, style="mixed")
+    assert (_open_2x2_blocks(all_corridors, size) <= cut).mean() > 0.8
+    again, _ = mz.generate_mazes(60, size, seed=3, style="mixed")
+    assert np.array_equal(all_corridors, again)
+
+
 def test_bad_style_or_wall_share_is_a_data_error():
-    with pytest.raises(DataError, match="style must be one of corridors, random"):
+    with pytest.raises(DataError, match="style must be one of corridors, random, mixed"):
         mz.generate_mazes(1, 8, style="spiral")
     with pytest.raises(DataError, match="wall_share"):
         mz.generate_mazes(1, 8, style="random", wall_share=(0.6, 0.4))

@@ -126,7 +126,7 @@ def test_maze_style_is_a_checked_choice_and_names_its_own_data_folder():
     random_walls = apply_overrides(preset("maze-cpu"), ["maze.wall_share_max=0.45"])
     assert dataset_dir(random_walls) != dataset_dir(corridors) and "random0.3-0.45" in dataset_dir(random_walls).name
     assert "random" not in dataset_dir(corridors).name
-    with pytest.raises(ConfigError, match="maze.style: expected one of corridors, random"):
+    with pytest.raises(ConfigError, match="maze.style: expected one of corridors, random, mixed"):
         apply_overrides(preset("maze-cpu"), ["maze.style=spiral"])
     with pytest.raises(ConfigError, match="wall_share_min/max"):
         apply_overrides(preset("maze-cpu"), ["maze.wall_share_min=0.6"])

@@ -206,3 +206,30 @@ def test_a_failing_compile_falls_back_to_eager_with_one_line(tiny_config, tmp_pa
     assert result.step == 3 and result.final_eval is not None
     fallback = [line for line in lines if "torch.compile failed" in line]
     assert fallback == ["torch.compile failed (RuntimeError: C++ compiler not found); training continues eagerly"]
+
+
+def test_the_loop_logs_its_share_of_the_time_outside_the_step(tiny_config, tmp_path):
+    trainer = _quiet_train(tiny_config("max_steps=4", "log_interval=2"), tmp_path / "run")
+    records = [json.loads(line) for line in (trainer.run_dir / "metrics.jsonl").read_text().splitlines()]
+    shares = [r["outside_step_share"] for r in records if "steps_per_second" in r]
+    assert len(shares) == 2 and all(0.0 <= share < 1.0 for share in shares)
+
+
+def test_time_to_accuracy_is_logged_once_per_threshold(tiny_config, tmp_path, monkeypatch):
+    from trm_fast.train import loop
+
+    trainer = loop.Trainer(tiny_config("max_steps=6", "eval_interval=2"), tmp_path / "run", progress=False, log=lambda _line: None)
+    exact = iter([0.1, 0.85, 0.95, 0.95])  # the periodic evaluations at steps 2 and 4, then the final one
+    real_evaluation = trainer.run_evaluation
+
+    def evaluation(limit, prefix="eval/"):
+        return {**real_evaluation(limit, prefix), prefix + "exact_accuracy": next(exact)}
+
+    monkeypatch.setattr(trainer, "run_evaluation", evaluation)
+    trainer.run()
+    records = [json.loads(line) for line in (trainer.run_dir / "metrics.jsonl").read_text().splitlines()]
+    reached = {name: (r["step"], value) for r in records for name, value in r.items() if name.startswith("time_to/")}
+    assert set(reached) == {"time_to/exact_50", "time_to/exact_80", "time_to/exact_90"}
+    assert reached["time_to/exact_50"][0] == reached["time_to/exact_80"][0] == 4  # 0.85 at step 4
+    assert reached["time_to/exact_90"][0] == 6  # the final evaluation's 0.95
+    assert 0 < reached["time_to/exact_50"][1] <= reached["time_to/exact_90"][1]

@@ -36,6 +36,10 @@ shortcuts are gone. The shortest path is then made unique by keeping one shortes
 back from G with random choices) and walling every other cell that lies on some shortest path: any
 competing shortest path used such a cell, and P itself is untouched, so P is the only one left.
 Re-checked by BFS path counting like the corridor style.
+
+Style "mixed" draws each maze's style: corridors with probability `MIXED_CORRIDOR_SHARE`, else
+random walls with the wall share drawn from `wall_share` as above. A model trained on one style
+solves clearly fewer mazes of the other (and of other generators); the mix covers both.
 """
 from __future__ import annotations
 
@@ -53,9 +57,10 @@ CHARSET = "# SGo"  # characters of tokens 1..5, as in the reference CSV files
 _RENDER_CHARS = "." + CHARSET  # PAD shown as '.'
 
 MIN_SIZE = 4
-STYLES = ("corridors", "random")
+STYLES = ("corridors", "random", "mixed")
 DEFAULT_WALL_SHARE = (0.3, 0.5)
-_MAX_TRIES_PER_MAZE = {"corridors": 500, "random": 500}  # attempts in a row before giving up
+MIXED_CORRIDOR_SHARE = 0.5  # style "mixed": the share of corridor-style mazes
+_MAX_TRIES_PER_MAZE = 500  # attempts in a row before giving up
 
 
 def default_min_path_length(size: int) -> int:
@@ -387,18 +392,20 @@ def iter_mazes(size: int = 30, min_path_length: int | None = None, seed: int = 0
     `canonical_key` is in `exclude` (or already produced) are skipped, and `exclude` is extended.
     """
     min_len = _check_request(0, size, min_path_length, style, wall_share)
-    max_tries = _MAX_TRIES_PER_MAZE[style]
     seen = exclude if exclude is not None else set()
     index = 0
     misses = 0
     while True:
         rnd = random.Random(_maze_seed(seed, stream, index))
         index += 1
-        maze = _make_one(size, min_len, rnd) if style == "corridors" else _make_random(size, min_len, rnd, wall_share)
+        if style == "corridors" or (style == "mixed" and rnd.random() < MIXED_CORRIDOR_SHARE):
+            maze = _make_one(size, min_len, rnd)
+        else:
+            maze = _make_random(size, min_len, rnd, wall_share)
         key = None if maze is None else canonical_key(maze[0].reshape(size, size))
         if maze is None or key in seen:
             misses += 1
-            if misses >= max_tries:
+            if misses >= _MAX_TRIES_PER_MAZE:
                 raise DataError("generate_mazes", f"no new {size}x{size} maze with a path of "
                                 f">= {min_len} moves in {misses} attempts in a row (too few "
                                 f"distinct mazes of that size, or the length is out of reach)")

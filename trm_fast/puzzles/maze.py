@@ -11,6 +11,7 @@ from trm_fast.data.errors import DataError
 from trm_fast.puzzles.base import PuzzleKind, lookup_cells
 
 QUESTION_CHARS = maze_lib.CHARSET[:4]  # "# SG": a question holds no path
+_STYLE_WORDS = {"corridors": "corridor-style", "random": "random-wall", "mixed": "corridor and random-wall"}
 
 
 class MazeKind(PuzzleKind):
@@ -53,10 +54,10 @@ class MazeKind(PuzzleKind):
         return maze_lib.VOCAB_SIZE, maze.size ** 2, float(maze.num_train)  # one group, one example per maze
 
     def describe_settings(self, maze) -> str:
-        return f"{maze.size}x{maze.size} {'random-wall' if maze.style == 'random' else 'corridor'} mazes"
+        return f"{maze.size}x{maze.size} {_STYLE_WORDS[maze.style]} mazes"
 
     def study_data_summary(self, maze) -> str:
-        style = "corridor-style" if maze.style == "corridors" else f"random-wall ({maze.wall_share_min:g}-{maze.wall_share_max:g})"
+        style = _STYLE_WORDS[maze.style] + ("" if maze.style == "corridors" else f" ({maze.wall_share_min:g}-{maze.wall_share_max:g} walls)")
         return (f"{maze.size}x{maze.size} {style} mazes ({maze.num_train:,} train / {maze.num_test:,} test, "
                 f"generator seed {maze.seed})")
 
@@ -89,7 +90,7 @@ class MazeKind(PuzzleKind):
         maze = kinds.add_parser("maze", help="generated mazes with a unique shortest path")
         maze.add_argument("--out", required=True, metavar="DIR", help="dataset folder to write (reference layout: train/, test/)")
         maze.add_argument("--style", choices=maze_lib.STYLES, default="random",
-                          help="random: walls cell by cell, as Maze-Hard; corridors: spanning-tree corridors")
+                          help="random: walls cell by cell, as Maze-Hard; corridors: spanning-tree corridors; mixed: each maze one of the two")
         maze.add_argument("--size", type=int, default=30, help="grid side in cells")
         maze.add_argument("--num-train", type=int, default=1000, help="training mazes")
         maze.add_argument("--num-test", type=int, default=1000, help="test mazes (none equal to a training maze up to symmetry)")

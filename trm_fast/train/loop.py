@@ -44,6 +44,11 @@ from trm_fast.train.optim import lr_at_step
 from trm_fast.train.step import build_train_step, fast_options, local_batch_size
 
 
+# Held-out exact accuracies whose first crossing is logged with the wall time since the trainer was
+# created ("time_to/exact_90": seconds, in the metrics record of that evaluation).
+TIME_TO_EXACT = (0.5, 0.8, 0.9)
+
+
 @dataclass
 class TrainResult:
     run_dir: Path
@@ -94,6 +99,8 @@ class Trainer:
         log: Callable[[str], None] = print,
     ):
         self.cfg = cfg
+        self.created = time.monotonic()  # time to accuracy counts from here: data, model build and compile
+        self.time_to: dict[str, float] = {}  # TIME_TO_EXACT name -> seconds, once reached
         if cfg.num_threads > 0:
             torch.set_num_threads(cfg.num_threads)
         self.progress_enabled = progress
@@ -232,6 +239,7 @@ class Trainer:
 
         metric_sums = torch.zeros(len(METRIC_NAMES), dtype=torch.float32, device=self.device)
         last_log_time, last_log_step = time.monotonic(), self.step
+        step_seconds = 0.0  # inside TrainStep since the last log (on a CPU, where the step is synchronous)
         last_train: Optional[dict] = None
         stopped_by = "max_steps" if cfg.max_steps is not None and cfg.max_steps <= end_step else "schedule_end"
         checkpoint_interval = cfg.checkpoint_interval or cfg.eval_interval
@@ -240,7 +248,9 @@ class Trainer:
         with _StopSignal() as stop_signal:
             while self.step < end_step:
                 batch = batch_to_device(next(self.data.sampler), self.device)
+                step_began = time.perf_counter()
                 metric_sums += self.advance({key: batch[key] for key in MODEL_KEYS})
+                step_seconds += time.perf_counter() - step_began
                 if progress is not None:
                     progress.update(1)
                 if fit is not None and (length := fit.observe(self.step, time.monotonic())) is not None:
@@ -256,6 +266,8 @@ class Trainer:
                     throughput = self.throughput(steps_per_second)
                     record = {"step": self.step, **last_train, "train/lr": self.lr(cfg.lr),
                               "steps_per_second": steps_per_second, **throughput, "elapsed_s": now - start_time}
+                    if self.device.type == "cpu":  # the loop's share of the time: sampling, logging, evaluations
+                        record["outside_step_share"] = max(1.0 - step_seconds / max(now - last_log_time, 1e-9), 0.0)
                     self._append_metrics(record)
                     if progress is not None:
                         postfix = dict(loss=f"{last_train['train/loss']:.4f}", exact=f"{last_train['train/exact_accuracy']:.3f}",
@@ -264,14 +276,16 @@ class Trainer:
                             postfix["mfu"] = f"{throughput['mfu']:.1%}"
                         progress.set_postfix(postfix)
                     metric_sums.zero_()
-                    last_log_time, last_log_step = now, self.step
+                    last_log_time, last_log_step, step_seconds = now, self.step, 0.0
 
                 new_best = False
                 if cfg.eval_interval and self.step % cfg.eval_interval == 0 and self.step < end_step:
                     self.last_eval = self.run_evaluation(cfg.eval_examples)
                     new_best = self._update_best(self.last_eval)
-                    self._append_metrics({"step": self.step, **self.last_eval, **self._best_fields()})
-                    self._write(progress, self._eval_line("eval", self.last_eval) + (" (best so far)" if new_best else ""))
+                    reached = self._time_to_accuracy(self.last_eval)
+                    self._append_metrics({"step": self.step, **self.last_eval, **self._best_fields(), **reached})
+                    self._write(progress, self._eval_line("eval", self.last_eval) + (" (best so far)" if new_best else "")
+                                + _reached_text(reached))
                 if new_best or (checkpoint_interval and self.step % checkpoint_interval == 0 and self.step < end_step):
                     self.save_checkpoint()
                     saved_at = self.step
@@ -304,7 +318,8 @@ class Trainer:
             if stopped_by != "interrupt":
                 final_eval = self.run_evaluation(limit=None, prefix="test/")
                 self.last_eval = final_eval
-                self._append_metrics({"step": self.step, "final": True, **final_eval, **self._best_fields()})
+                self._append_metrics({"step": self.step, "final": True, **final_eval, **self._best_fields(),
+                                      **self._time_to_accuracy(final_eval)})
                 if ctx.is_main:
                     run_directory.write_final_eval(self.run_dir, self.step, final_eval, self.best)
                 self.log(self._eval_line("held-out test (EMA weights, all steps)" if self.ema else "held-out test", final_eval))
@@ -325,6 +340,16 @@ class Trainer:
             return False
         self.best = run_directory.best_record(self.step, name, value)
         return True
+
+    def _time_to_accuracy(self, metrics: dict) -> dict:
+        """The TIME_TO_EXACT thresholds this evaluation reached first: {"time_to/exact_80": seconds}."""
+        exact = float(next(value for name, value in metrics.items() if name.endswith("/exact_accuracy")))
+        newly = {}
+        for threshold in TIME_TO_EXACT:
+            name = f"time_to/exact_{round(threshold * 100)}"
+            if exact >= threshold and name not in self.time_to:
+                self.time_to[name] = newly[name] = time.monotonic() - self.created
+        return newly
 
     def _best_fields(self) -> dict:
         """eval/best_<metric> and eval/best_step of the metrics record (none before a best exists)."""
@@ -378,6 +403,14 @@ class Trainer:
     def close(self) -> None:
         self.tracker.close()
         dist_lib.shutdown(self.context)
+
+
+def _reached_text(reached: dict) -> str:
+    """" (first >= 50%, 80% exact after 6.2 min)" for newly reached TIME_TO_EXACT thresholds."""
+    if not reached:
+        return ""
+    shares = ", ".join(name.rsplit("_", 1)[1] + "%" for name in reached)
+    return f" (first >= {shares} exact after {max(reached.values()) / 60:.1f} min)"
 
 
 def train(
