@@ -163,3 +163,15 @@ def test_halting_columns_come_from_the_run_that_halts():
     row = maze_styles.evaluate_set(HaltAtOnce(), maze_set, torch.device("cpu"), 4, backend="torch")
     assert row["mazes"] == 6 and row["mean_steps"] == 1.0
     assert row["mean_moves"] == pytest.approx(((labels == 5).sum(1) + 1).mean())
+
+
+def test_the_table_in_the_docs_equals_its_log():
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    text = (repo / "docs" / "data.md").read_text().split("## Held-out maze styles")[1].split("\n## ")[0]
+    rows = json.loads((repo / "docs" / "results" / "maze-cpu-ship-maze-styles.json").read_text())["rows"]
+    for row in rows:
+        line = (f"| {row['style']} | {row['mazes']} | {row['exact']:.2%} | {row['token']:.2%} | "
+                f"{row['exact_halting']:.2%} | {row['mean_steps']:.2f} | {row['mean_moves']:.1f} |")
+        assert line in text, line
