@@ -2,6 +2,7 @@
 
     trm-fast train --dataset maze [--preset maze-cpu | --config FILE.json] [--max-minutes 10] [--set lr=3e-4]
     trm-fast eval  --checkpoint runs/x|runs/x/best|maze-cpu [--which best] [--dataset data/maze-... | mazes.csv] [--halt] [--json F] [--image F.png]
+    trm-fast eval  --checkpoint runs/x|maze-cpu --maze-styles [--count 500] [--seed 1] [--save-sets DIR] [--json F]
     trm-fast solve --checkpoint runs/x|maze-cpu [--index 3] [--steps] [--image solve.png]
     trm-fast ablate [--preset maze-cpu] [--out DIR] [--only a,b] [--variant NAME:field=value,...] [--seeds K]
     trm-fast plot RUN_DIR [RUN_DIR ...] --image curves.png
@@ -300,11 +301,52 @@ def _print_votes(voted, final) -> None:
         print(f"wrote {voted.files['submission']} and {voted.files['results']}")
 
 
+def cmd_eval_maze_styles(args) -> int:
+    """`eval --maze-styles`: the table of trm_fast.train.maze_styles."""
+    import json
+
+    from trm_fast.train import maze_styles
+
+    clashing = [flag for flag, value in (("--dataset", args.dataset), ("--limit", args.limit), ("--image", args.image),
+                                         ("--out", args.out)) if value is not None]
+    if clashing:
+        raise UsageError(f"--maze-styles makes its own mazes and prints a table; it does not take {', '.join(clashing)}")
+    try:
+        report = maze_styles.evaluate_maze_styles(
+            args.checkpoint, count=500 if args.count is None else args.count, seed=1 if args.seed is None else args.seed,
+            device=_device(args.device), engine=args.engine, backend=args.backend, weights=args.weights,
+            which=args.which, settings=args.model_set or [], batch_size=args.batch_size, loss_type=args.loss_type,
+            save_sets=args.save_sets)
+    except maze_styles.NotAMazeRun as error:
+        raise UsageError(str(error)) from None
+    print(f"checkpoint {report.checkpoint}")
+    print(f"{report.size}x{report.size} mazes, none equal up to symmetry to any of the {report.excluded:,} training and "
+          f"test mazes of {report.data}; held-out seed {report.seed}. exact/token: after all {report.halt_max_steps} "
+          "supervision steps; halting: each maze stops at its own Q-halt decision")
+    print(maze_styles.markdown_table(report.rows))
+    for row in report.rows:
+        if row["note"]:
+            print(f"{row['style']}: {row['note']}")
+    saved = [row["file"] for row in report.rows if row.get("file")]
+    if saved:
+        print(f"wrote {', '.join(saved)} (trm-fast eval --checkpoint {args.checkpoint} --dataset FILE --halt "
+              "reproduces a row)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
 def cmd_eval(args) -> int:
     import json
 
     from trm_fast.train.evaluate import evaluate_each_step, evaluate_with_halting
 
+    if args.maze_styles:
+        return cmd_eval_maze_styles(args)
+    for flag, value in (("--count", args.count), ("--seed", args.seed), ("--save-sets", args.save_sets)):
+        if value is not None:
+            raise UsageError(f"{flag} goes with --maze-styles")
     if args.image:
         from trm_fast.plots import check_image_path
 
@@ -561,6 +603,17 @@ def make_parser() -> argparse.ArgumentParser:
                              help="also run every example until its own Q-halt decision (halted examples' slots "
                                   "take waiting ones) and compare accuracy, steps, compute and time with all steps")
             sub.add_argument("--json", metavar="FILE", default=None, help="write every figure into this JSON file; default: none written")
+            sub.add_argument("--maze-styles", action="store_true",
+                             help="a maze model on new mazes of every held-out style (generators written apart "
+                                  "from the built-in one, docs/data.md) and of its own generator with another seed, "
+                                  "none equal to a training or test maze: one table row per style")
+            sub.add_argument("--count", type=int, default=None, metavar="N",
+                             help="--maze-styles: mazes per style (default: 500)")
+            sub.add_argument("--seed", type=int, default=None, metavar="S",
+                             help="--maze-styles: seed of the held-out mazes (default: 1)")
+            sub.add_argument("--save-sets", metavar="DIR", default=None,
+                             help="--maze-styles: also write each set as a Maze-Hard CSV file DIR/<style>.csv; "
+                                  "default: none written")
             sub.add_argument("--out", metavar="DIR", default=None,
                              help="where data voted over augmented copies (ARC) writes submission.json and "
                                   "arc_results.json; default: RUN/arc_eval beside the checkpoint's run directory "
