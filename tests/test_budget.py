@@ -87,7 +87,8 @@ def test_a_run_that_fills_its_minutes_records_a_length_that_max_steps_reproduces
     from trm_fast.train import loop
 
     clock = _FakeClock()
-    monkeypatch.setattr(loop, "time", types.SimpleNamespace(monotonic=clock.monotonic, strftime=loop.time.strftime))
+    monkeypatch.setattr(loop, "time", types.SimpleNamespace(monotonic=clock.monotonic, perf_counter=loop.time.perf_counter,
+                                                            strftime=loop.time.strftime))
     lines = []
     filled = tmp_path / "filled"
     result = loop.train(tiny_config("max_steps=none", "max_minutes=0.01", "lr_warmup_steps=4", "lr_min_ratio=0.1"),

@@ -24,6 +24,14 @@ COUNT = 12
 CPU = ["--device", "cpu", "--backend", "torch"]
 
 
+def expected_styles(style: str, size: int) -> list[str]:
+    """The table's rows: the held-out styles, the run's own generator (each style of a mixed run), then
+    the held-out styles and the built-in random walls one size smaller, in a wall frame."""
+    own = [style] + (["corridors", "random"] if style == "mixed" else [])
+    framed = [f"{name}-{size - 1}x{size - 1}" for name in (*HELD_OUT_STYLES, "own-random")]
+    return [*HELD_OUT_STYLES, *(f"own-{name}" for name in own), *framed]
+
+
 @pytest.fixture(scope="module")
 def maze_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("styles")
@@ -42,7 +50,9 @@ def test_table_has_every_style_and_the_json_every_row(maze_run, tmp_path, capsys
     out = capsys.readouterr().out
     assert "| style | description | mazes | exact | token | exact (halting) | mean steps |" in out
     table = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| ")}
-    expected = [*HELD_OUT_STYLES, "own-random"]
+    from trm_fast.config import preset
+
+    expected = expected_styles(preset("maze-cpu").maze.style, SIZE)
     assert set(expected) <= set(table)
     report = json.loads(report_path.read_text())
     assert [row["style"] for row in report["rows"]] == expected
@@ -53,14 +63,16 @@ def test_table_has_every_style_and_the_json_every_row(maze_run, tmp_path, capsys
             for grid in np.asarray(load_split(data, split).inputs).reshape(-1, SIZE, SIZE)}
     assert report["excluded_mazes"] == len(seen) == 56
     for row in report["rows"]:
-        assert row["mazes"] == COUNT, row
+        framed = row["style"].endswith(f"-{SIZE - 1}x{SIZE - 1}")
+        # framed smaller mazes that equal a training or test maze are left out (and the note says how many)
+        assert row["mazes"] == COUNT or (framed and 0 < row["mazes"] < COUNT and "left out" in row["note"]), row
         for name in ("exact", "token", "exact_halting"):
             assert 0.0 <= row[name] <= 1.0
         assert 1.0 <= row["mean_steps"] <= 3.0
-        assert f"| {row['style']} | {row['description']} | {COUNT} | {row['exact']:.2%} | {row['token']:.2%} |" in out
+        assert f"| {row['style']} | {row['description']} | {row['mazes']} | {row['exact']:.2%} | {row['token']:.2%} |" in out
         # The saved set is the evaluated one: new mazes only, none seen in training or test.
         records = read_maze_csv(row["file"])
-        assert len(records) == COUNT and records.size == SIZE
+        assert len(records) == row["mazes"] and records.size == SIZE
         assert not seen & {canonical_key(grid) for grid in records.inputs.reshape(-1, SIZE, SIZE)}
     assert f"wrote {report_path}" in out
 
@@ -87,14 +99,32 @@ def test_same_seed_same_sets_other_seed_other_sets(maze_run, tmp_path):
     first = maze_styles.maze_sets(maze, 5, 1, set())
     again = maze_styles.maze_sets(maze, 5, 1, set())
     other = maze_styles.maze_sets(maze, 5, 2, set())
-    assert [s.style for s in first] == [*HELD_OUT_STYLES, "own-random"]
+    assert [s.style for s in first] == expected_styles("random", 7)
     for a, b, c in zip(first, again, other):
         assert np.array_equal(a.inputs, b.inputs) and np.array_equal(a.labels, b.labels)
-        if a.style in HELD_OUT_STYLES:
+        if a.style in HELD_OUT_STYLES or a.style.split("-")[0] in HELD_OUT_STYLES:
             assert not np.array_equal(a.inputs, c.inputs)
     excluded = {canonical_key(grid) for s in first for grid in s.inputs.reshape(-1, 7, 7)}
     for s in maze_styles.maze_sets(maze, 5, 1, excluded):
         assert not excluded & {canonical_key(grid) for grid in s.inputs.reshape(-1, 7, 7)}
+
+
+def test_a_mixed_run_gets_a_row_per_own_style_and_framed_smaller_mazes_keep_their_solution():
+    from trm_fast.config import MazeSettings
+    from trm_fast.data.maze import check_maze_pair, shortest_path_count
+
+    sets = maze_styles.maze_sets(MazeSettings(size=7, style="mixed"), 6, 1, set())
+    assert [s.style for s in sets] == expected_styles("mixed", 7)
+    framed = {s.style: s for s in sets}["dfs-6x6"]
+    grids = framed.inputs.reshape(-1, 7, 7)
+    assert (grids[:, 6, :] == 1).all() and (grids[:, :, 6] == 1).all()  # the wall frame
+    for question, answer in zip(framed.inputs, framed.labels):
+        assert shortest_path_count(question, 7)[1] == 1
+        assert check_maze_pair(question, answer, 7) >= 6  # dfs keeps its min_moves (the small size) in the frame
+    # a framed maze equal to an excluded one (up to symmetry) is left out, and the note says so
+    seen = {canonical_key(grids[0][::-1])}
+    again = {s.style: s for s in maze_styles.maze_sets(MazeSettings(size=7, style="mixed"), 6, 1, seen)}["dfs-6x6"]
+    assert len(again.inputs) == 5 and "1 framed mazes equal a training or test maze" in again.note
 
 
 def test_a_style_short_of_mazes_is_evaluated_on_those_it_made(monkeypatch):

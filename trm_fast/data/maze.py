@@ -435,6 +435,15 @@ def generate_mazes(count: int, size: int = 30, min_path_length: int | None = Non
     return (inputs, labels, lengths) if return_lengths else (inputs, labels)
 
 
+def frame_mazes(grids: np.ndarray, size: int, new_size: int) -> np.ndarray:
+    """Mazes of side `size` (rows of size*size tokens) inside a wall frame of side `new_size`: the walls
+    are added below and to the right, so S, G and the unique shortest path stay as they were."""
+    count = len(grids)
+    framed = np.full((count, new_size, new_size), WALL, np.uint8)
+    framed[:, :size, :size] = np.asarray(grids).reshape(count, size, size)
+    return framed.reshape(count, new_size * new_size)
+
+
 def check_maze_pair(question: np.ndarray, answer: np.ndarray, size: int | None = None,
                     where: str = "maze") -> int:
     """Check that `answer` solves `question`; return the path length in moves.

@@ -28,6 +28,7 @@ import torch
 from trm_fast.data import heldout_mazes
 from trm_fast.data import maze as maze_lib
 from trm_fast.data.errors import DataError
+from trm_fast.puzzles import maze as maze_kind
 
 OWN_PREFIX = "own-"  # the row of the run's own generator: "own-<its style>"
 
@@ -73,7 +74,7 @@ def maze_run_config(found):
     if not isinstance(train, dict):
         raise NotAMazeRun(f"{found.path}: --maze-styles needs a model trained on the built-in maze data, and this "
                           "checkpoint does not say what it trained on")
-    if train.get("dataset") != "maze":
+    if train.get("dataset") != maze_kind.KIND.name:
         raise NotAMazeRun(f"{found.path}: --maze-styles needs a model trained on the built-in maze data (dataset "
                           f"'maze'); this one trained on {train.get('dataset')!r}")
     return config_lib.from_dict(train)
@@ -104,31 +105,58 @@ def seen_maze_keys(folder: Path, size: int) -> set[bytes]:
     return keys
 
 
-def maze_sets(maze, count: int, seed: int, exclude: set[bytes]) -> list[MazeSet]:
-    """`count` mazes of each held-out style and of the run's own generator (its `maze` settings) with
-    seed maze.seed + 1 on stream 1, none of them in `exclude`."""
-    size = maze.size
-    sets = []
-    for style in heldout_mazes.HELD_OUT_STYLES:
-        try:
-            inputs, labels, counts = heldout_mazes.generate_held_out_counted(style, count, size, seed, exclude,
-                                                                             partial=True)
-            note = counts["gave_up"] and f"only {len(inputs)} distinct new mazes: {counts['gave_up']}"
-        except DataError as error:  # a size the style does not make
-            inputs = labels = np.zeros((0, size * size), np.uint8)
-            note = str(error)
-        sets.append(MazeSet(style, heldout_mazes.STYLE_DESCRIPTIONS[style], inputs, labels, note or None))
-    own_seed = maze.seed + 1
-    description = f"the run's own generator ({maze.style}), seed {own_seed}, stream 1"
+def _held_out_set(style: str, count: int, size: int, seed: int, exclude: set[bytes]) -> MazeSet:
     try:
-        inputs, labels = maze_lib.generate_mazes(count, size, seed=own_seed, stream=1, style=maze.style,
+        inputs, labels, counts = heldout_mazes.generate_held_out_counted(style, count, size, seed, exclude, partial=True)
+        note = counts["gave_up"] and f"only {len(inputs)} distinct new mazes: {counts['gave_up']}"
+    except DataError as error:  # a size the style does not make
+        inputs = labels = np.zeros((0, size * size), np.uint8)
+        note = str(error)
+    return MazeSet(style, heldout_mazes.STYLE_DESCRIPTIONS[style], inputs, labels, note or None)
+
+
+def _own_set(maze, style: str, count: int, size: int, exclude: set[bytes]) -> MazeSet:
+    own_seed = maze.seed + 1
+    description = f"the built-in generator ({style}), seed {own_seed}, stream 1"
+    try:
+        inputs, labels = maze_lib.generate_mazes(count, size, seed=own_seed, stream=1, style=style,
                                                  wall_share=(maze.wall_share_min, maze.wall_share_max),
                                                  exclude=set(exclude))
         note = None
     except DataError as error:
         inputs = labels = np.zeros((0, size * size), np.uint8)
         note = str(error)
-    sets.append(MazeSet(OWN_PREFIX + str(maze.style), description, inputs, labels, note))
+    return MazeSet(OWN_PREFIX + style, description, inputs, labels, note)
+
+
+def _framed(maze_set: MazeSet, size: int, exclude: set[bytes]) -> MazeSet:
+    """A set of smaller mazes inside a wall frame of the model's size, less any framed maze equal to a
+    training or test maze up to symmetry."""
+    small = int(round(maze_set.inputs.shape[1] ** 0.5))
+    inputs = maze_lib.frame_mazes(maze_set.inputs, small, size)
+    labels = maze_lib.frame_mazes(maze_set.labels, small, size)
+    new = np.array([maze_lib.canonical_key(grid) not in exclude for grid in inputs.reshape(-1, size, size)], bool)
+    notes = [maze_set.note] if maze_set.note else []
+    if not new.all():
+        notes.append(f"{int((~new).sum())} framed mazes equal a training or test maze and were left out")
+    return MazeSet(f"{maze_set.style}-{small}x{small}", f"{maze_set.description}; {small}x{small} in a wall frame",
+                   inputs[new], labels[new], "; ".join(notes) or None)
+
+
+def maze_sets(maze, count: int, seed: int, exclude: set[bytes]) -> list[MazeSet]:
+    """`count` mazes of each held-out style and of the run's own generator (its `maze` settings; each
+    style of a mixed run separately) with seed maze.seed + 1 on stream 1, none of them in `exclude`;
+    then the held-out styles and the built-in random walls one size smaller, framed with walls to the
+    model's size (a smaller maze is the same puzzle inside a wall border)."""
+    size = maze.size
+    sets = [_held_out_set(style, count, size, seed, exclude) for style in heldout_mazes.HELD_OUT_STYLES]
+    own_styles = [maze.style] + ([style for style in maze_lib.STYLES if style != "mixed"] if maze.style == "mixed" else [])
+    sets += [_own_set(maze, style, count, size, exclude) for style in own_styles]
+    smaller = size - 1
+    if smaller >= heldout_mazes.MIN_SIZE:
+        small_sets = [_held_out_set(style, count, smaller, seed, set()) for style in heldout_mazes.HELD_OUT_STYLES]
+        small_sets.append(_own_set(maze, "random", count, smaller, set()))
+        sets += [_framed(small_set, size, exclude) for small_set in small_sets if len(small_set.inputs)]
     return sets
 
 
