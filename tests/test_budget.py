@@ -14,9 +14,10 @@ from tests.train.conftest import tiny_config, tiny_data_dir  # noqa: F401 - fixt
 
 
 def test_flags_replace_the_presets_budget_and_neither_keeps_it():
-    cfg = config_lib.preset("maze-cpu")
+    assert budget.fills_time(config_lib.preset("maze-cpu"))  # the quick start fills its 13.5 minutes
+    cfg = config_lib.preset("sudoku-cpu")
     budget.apply_budget(cfg, None, None)
-    assert (cfg.max_steps, cfg.max_minutes) == (5000, 13.5) and not budget.fills_time(cfg)
+    assert (cfg.max_steps, cfg.max_minutes) == (6000, 13.5) and not budget.fills_time(cfg)
     budget.apply_budget(cfg, 800, None)
     assert (cfg.max_steps, cfg.max_minutes) == (800, None) and budget.describe(cfg) == "800 steps"
     budget.apply_budget(cfg, None, 30)
@@ -65,8 +66,8 @@ def test_the_length_never_passes_the_epochs_nor_falls_below_the_steps_done():
 
 
 def test_a_run_with_a_given_length_or_resumed_after_the_decision_is_not_fitted():
-    cfg = config_lib.preset("maze-cpu")
-    assert budget.ScheduleFit.for_run(cfg, 0, 10**6, 0.0, 60.0) is None  # 5000 steps given
+    cfg = config_lib.preset("sudoku-cpu")
+    assert budget.ScheduleFit.for_run(cfg, 0, 10**6, 0.0, 60.0) is None  # 6000 steps given
     assert _fit(warmup=100, step=60) is None
     with pytest.raises(ConfigError, match="lr_warmup_steps >= 1"):
         _fit(warmup=0)

@@ -100,9 +100,13 @@ def _table_rows(text: str, heading: str) -> list[list[str]]:
     return [[cell.strip().strip("*") for cell in row.strip("|").split("|")] for row in table]
 
 
+MAZE_LOG = "maze-cpu-20261207-metrics.jsonl"  # the quick start as it is: the schedule fills 13.5 minutes
+MAZE_5000_LOG = "maze-cpu-random7-bf16-20261202-metrics.jsonl"  # the preset's earlier fixed 5,000 steps
+
+
 def test_results_tables_equal_their_logs():
     text = (REPO / "docs" / "results.md").read_text()
-    maze = _log_facts("maze-cpu-random7-bf16-20261202-metrics.jsonl")
+    maze = _log_facts(MAZE_LOG)
     rows = _table_rows(text, "## Mazes")
     for step, minutes, exact, token in rows[:-1]:
         step = int(step.replace(",", ""))
@@ -110,6 +114,9 @@ def test_results_tables_equal_their_logs():
         assert (exact, token) == (f"{maze['evals'][step][0]:.1f}%", f"{maze['evals'][step][1]:.2f}%")
     final_step, final_exact, final_token = maze["final"]
     assert rows[-1][2:] == [f"{final_exact:.1f}%", f"{final_token:.2f}%"] and rows[-1][0].startswith(f"{final_step:,}")
+    assert rows[-1][1] == f"{maze['last_minutes']:.1f} min"
+    schedule = next(r["schedule_steps"] for r in _records(MAZE_LOG) if "schedule_steps" in r)
+    assert schedule == final_step and f"the schedule to {schedule:,} steps" in text
     sudoku = _log_facts("sudoku-cpu-bf16-20261202-metrics.jsonl")
     rows = _table_rows(text, "## Sudoku")
     for step, exact, token in rows[:-1]:
@@ -121,17 +128,38 @@ def test_results_tables_equal_their_logs():
 def test_headline_figures_equal_their_logs():
     readme = (REPO / "README.md").read_text()
     results = (REPO / "docs" / "results.md").read_text()
-    maze = _log_facts("maze-cpu-random7-bf16-20261202-metrics.jsonl")
+    maze = _log_facts(MAZE_LOG)
+    maze_5000 = _log_facts(MAZE_5000_LOG)
     maze_fp32 = _log_facts("maze-cpu-random7-20261202-metrics.jsonl")
     sudoku = _log_facts("sudoku-cpu-bf16-20261202-metrics.jsonl")
     sudoku_fp32 = _log_facts("sudoku-cpu-20261202-metrics.jsonl")
     for text in (readme, results):
-        assert f"{maze['final'][1]:.1f}%" in text and f"{maze['median_steps_per_second']:.1f}" in text
+        assert f"{maze_5000['final'][1]:.1f}%" in text and f"{maze_5000['median_steps_per_second']:.1f}" in text
         assert f"{maze_fp32['median_steps_per_second']:.1f}" in text and f"{maze_fp32['final'][1]:.1f}%" in text
         assert f"{sudoku['final'][1]:.1f}%" in text and f"{sudoku['last_minutes']:.1f} min" in text
     assert f"took {maze['last_minutes']:.1f} minutes and solved **{maze['final'][1]:.1f}%**" in readme
     assert f"{maze_fp32['final'][0]:,} of the 5,000 steps" in results
+    assert f"a median {maze['median_steps_per_second']:.1f} steps/s" in results
     assert f"a median {sudoku['median_steps_per_second']:.1f} steps/s" in results
     assert f"{sudoku_fp32['median_steps_per_second']:.1f} steps/s, {sudoku_fp32['final'][0]:,} steps" in results
-    final_file = json.loads((RESULTS / "maze-cpu-random7-bf16-20261202-final_eval.json").read_text())
-    assert (final_file["step"], 100 * final_file["test/exact_accuracy"]) == maze["final"][:2]
+    for log in (MAZE_LOG, MAZE_5000_LOG):
+        final_file = json.loads((RESULTS / log.replace("metrics.jsonl", "final_eval.json")).read_text())
+        assert (final_file["step"], 100 * final_file["test/exact_accuracy"]) == _log_facts(log)["final"][:2]
+
+
+def _styles_exact(name: str) -> dict[str, str]:
+    """style -> exact accuracy (all steps) of a committed `eval --maze-styles --json` file, as the docs print it."""
+    rows = json.loads((RESULTS / name).read_text())["rows"]
+    return {row["style"]: f"{row['exact']:.1%}" for row in rows if row["exact"] is not None}
+
+
+def test_the_readme_maze_styles_table_equals_its_logs():
+    """README's table of every maze style: each row names its style in backticks, each column's
+    figure equals the committed styles file of the run the column header names."""
+    readme = (REPO / "README.md").read_text()
+    columns = [_styles_exact(f"{run}-maze-styles.json") for run in ("maze-cpu-ship", "maze-random8-20261207", "maze-mixed8-20261207")]
+    rows = _table_rows(readme, "| maze style |")  # the table starts at its own header
+    assert len(rows) >= 6
+    for cells in rows:
+        style = re.search(r"`([a-z0-9-]+)`", cells[0]).group(1)
+        assert cells[1:] == [column[style] for column in columns], style

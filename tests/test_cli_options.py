@@ -44,7 +44,7 @@ def test_train_and_ablate_help_state_the_budget_rule():
         text = dict(_subparsers(make_parser()))[(command,)].format_help().replace("\n", " ")
         text = " ".join(text.split())
         assert "--max-minutes M without --max-steps fills M minutes" in text
-        assert "maze-cpu: 5000 steps or 13.5 min" in text  # from the preset itself
+        assert "maze-cpu: fills 13.5 min" in text  # from the preset itself
 
 
 def test_presets_lists_every_preset_in_one_line(capsys):
@@ -52,7 +52,7 @@ def test_presets_lists_every_preset_in_one_line(capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert [line.split()[0] for line in lines] == list(config_lib.PRESETS)
     maze_cpu = next(line for line in lines if line.startswith("maze-cpu "))
-    assert "7x7 random-wall mazes" in maze_cpu and "5000 steps or 13.5 min" in maze_cpu and "without CUDA" in maze_cpu
+    assert "7x7 random-wall mazes" in maze_cpu and "fills 13.5 min" in maze_cpu and "without CUDA" in maze_cpu
 
 
 def test_config_prints_every_field_as_a_set_argument_and_writes_a_file_train_starts_from(tmp_path, capsys):
@@ -79,9 +79,9 @@ def _train_config(*argv):
 
 
 def test_train_max_minutes_and_max_steps_mean_what_they_say():
-    assert (_train_config().max_steps, _train_config().max_minutes) == (5000, 13.5)
+    assert (_train_config().max_steps, _train_config().max_minutes) == (None, 13.5)  # fills 13.5 minutes
     fill = _train_config("--max-minutes", "30")
-    assert (fill.max_steps, fill.max_minutes) == (None, 30)  # fills 30 minutes, not 5,000 steps
+    assert (fill.max_steps, fill.max_minutes) == (None, 30)  # fills 30 minutes instead
     steps = _train_config("--max-steps", "20000")
     assert (steps.max_steps, steps.max_minutes) == (20000, None)  # 20,000 steps, not 13.5 minutes
     both = _train_config("--max-steps", "800", "--max-minutes", "5")

@@ -25,9 +25,9 @@ CPU = ["--device", "cpu", "--backend", "torch"]
 
 
 def expected_styles(style: str, size: int) -> list[str]:
-    """The table's rows: the held-out styles, the run's own generator (each style of a mixed run), then
-    the held-out styles and the built-in random walls one size smaller, in a wall frame."""
-    own = [style] + (["corridors", "random"] if style == "mixed" else [])
+    """The table's rows: the held-out styles, the built-in generator (the run's own style first, then
+    the others), then the held-out styles and the built-in random walls one size smaller, in a wall frame."""
+    own = [style] + [other for other in ("corridors", "random") if other != style]
     framed = [f"{name}-{size - 1}x{size - 1}" for name in (*HELD_OUT_STYLES, "own-random")]
     return [*HELD_OUT_STYLES, *(f"own-{name}" for name in own), *framed]
 

@@ -79,11 +79,14 @@ def _maze_cpu() -> TrainConfig:
     other CPUs run float32 (trm_fast.train.step.runnable_model_config)."""
     return TrainConfig(
         preset="maze-cpu",
-        # Fresh mazes are cheap (20,000 in a few seconds): enough that ~6,000 steps of 64 never
-        # repeat a maze more than ~20 times.
+        # Fresh mazes are cheap (20,000 in a few seconds): enough that ~7,000 steps of 64 show each
+        # maze ~20 times (60,000 did not help on 8x8, docs/results.md).
         maze=MazeSettings(size=7, num_train=20000, num_test=500),
         model=ModelSettings(hidden_size=64, **_CPU_MODEL),
-        max_steps=5000,  # sets the cosine schedule's length; ~15 min on 2 idle cores
+        # No step count: the schedule is measured to fill max_minutes (trm_fast.budget), so a fast
+        # machine trains longer and a slow one still finishes its cosine; the run's config.json
+        # records the length, and --max-steps N reruns it.
+        max_steps=None,
         **_CPU_TRAINING,
     )
 

@@ -8,8 +8,8 @@ For a model trained on the built-in maze data (a run directory, a checkpoint fil
     and collects the canonical key of every maze in them;
  3. makes `count` mazes of each held-out style (trm_fast.data.heldout_mazes, generators written apart
     from the built-in one), none equal to a training or test maze up to symmetry, and `count` more
-    from the run's own generator with another seed (the run's maze seed + 1, stream 1) under the same
-    exclusion: the in-distribution row to compare with;
+    from the built-in generator with another seed (the run's maze seed + 1, stream 1) under the same
+    exclusion: the run's own style (the in-distribution row to compare with), then its other styles;
  4. evaluates the model on every set as `trm-fast eval --halt` does: all supervision steps (exact and
     token accuracy at the last one), and with halting (exact accuracy and mean supervision steps).
 
@@ -144,13 +144,14 @@ def _framed(maze_set: MazeSet, size: int, exclude: set[bytes]) -> MazeSet:
 
 
 def maze_sets(maze, count: int, seed: int, exclude: set[bytes]) -> list[MazeSet]:
-    """`count` mazes of each held-out style and of the run's own generator (its `maze` settings; each
-    style of a mixed run separately) with seed maze.seed + 1 on stream 1, none of them in `exclude`;
+    """`count` mazes of each held-out style and of the built-in generator (the run's `maze` settings;
+    its own style, then each other style) with seed maze.seed + 1 on stream 1, none of them in `exclude`;
     then the held-out styles and the built-in random walls one size smaller, framed with walls to the
     model's size (a smaller maze is the same puzzle inside a wall border)."""
     size = maze.size
     sets = [_held_out_set(style, count, size, seed, exclude) for style in heldout_mazes.HELD_OUT_STYLES]
-    own_styles = [maze.style] + ([style for style in maze_lib.STYLES if style != "mixed"] if maze.style == "mixed" else [])
+    # The run's own style first (the in-distribution row), then the built-in generator's other styles.
+    own_styles = [maze.style] + [style for style in maze_lib.STYLES if style not in ("mixed", maze.style)]
     sets += [_own_set(maze, style, count, size, exclude) for style in own_styles]
     smaller = size - 1
     if smaller >= heldout_mazes.MIN_SIZE:
