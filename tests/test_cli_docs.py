@@ -116,7 +116,7 @@ def test_results_tables_equal_their_logs():
     assert rows[-1][2:] == [f"{final_exact:.1f}%", f"{final_token:.2f}%"] and rows[-1][0].startswith(f"{final_step:,}")
     assert rows[-1][1] == f"{maze['last_minutes']:.1f} min"
     schedule = next(r["schedule_steps"] for r in _records(MAZE_LOG) if "schedule_steps" in r)
-    assert schedule == final_step and f"the schedule to {schedule:,} steps" in text
+    assert final_step <= schedule and f"the schedule to {schedule:,} steps" in text  # the minutes may stop it first
     sudoku = _log_facts("sudoku-cpu-bf16-20261202-metrics.jsonl")
     rows = _table_rows(text, "## Sudoku")
     for step, exact, token in rows[:-1]:
@@ -157,7 +157,7 @@ def test_the_readme_maze_styles_table_equals_its_logs():
     """README's table of every maze style: each row names its style in backticks, each column's
     figure equals the committed styles file of the run the column header names."""
     readme = (REPO / "README.md").read_text()
-    columns = [_styles_exact(f"{run}-maze-styles.json") for run in ("maze-cpu-ship", "maze-random8-20261207", "maze-mixed8-20261207")]
+    columns = [_styles_exact(f"{run}-maze-styles.json") for run in ("maze-cpu-ship", "maze-random8-halt4-20261207", "maze-random8-20261207")]
     rows = _table_rows(readme, "| maze style |")  # the table starts at its own header
     assert len(rows) >= 6
     for cells in rows:

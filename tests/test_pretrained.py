@@ -69,7 +69,8 @@ def test_eval_a_shipped_model_on_the_users_own_mazes(tmp_path, capsys):
     mazes = write_maze_csv(tmp_path / "mazes.csv", *generate_mazes(20, 7, seed=5, style="random"))
     assert main(["eval", "--checkpoint", "maze-cpu", "--data", str(mazes), "--backend", "torch", "--halt"]) == 0
     out = capsys.readouterr().out
-    assert f"data {mazes}: 20 examples, 8 supervision steps" in out and "halting: each example stops" in out
+    steps = json.loads((pretrained.ROOT / "maze-cpu" / pretrained.CONFIG_FILE).read_text())["model_config"]["halt_max_steps"]
+    assert f"data {mazes}: 20 examples, {steps} supervision steps" in out and "halting: each example stops" in out
 
 
 def test_the_python_api_page_example_runs_as_written():
