@@ -6,8 +6,8 @@ trains WARM_STEPS steps (compile, allocator warm-up), then a window of WINDOW st
 `Trainer.run`, with the preset's periodic work at the preset's rate per step: evaluations every
 EVAL_EVERY steps on eval_examples scaled alike (the preset: 200 every 1,000 steps), and a checkpoint
 at every evaluation (the preset: one per 500 steps, so this window checkpoints more often than the
-preset does and overstates the loop's share). Then the same `TrainStep` runs alone on batches from
-the same sampler. Both figures land in one table: steps/s of each and the share of the loop's time
+preset does and overstates the loop's share). Then the step the loop calls (`Trainer.run_step`: its
+`TrainStep`) runs alone on batches from the same sampler. Both figures land in one table: steps/s of each and the share of the loop's time
 outside the step, 1 - step seconds / loop seconds per step, next to the trainer's own per-window
 `outside_step_share` (metrics.jsonl).
 """
@@ -57,7 +57,7 @@ def test_trainer_loop_against_its_step(benchmark, bench_profile, recorder, tmp_p
     step_seconds = []
 
     def steps_alone():
-        step_seconds.extend(device_seconds(lambda: trainer.train_step(batches[len(step_seconds) % STEP_ROUNDS]),
+        step_seconds.extend(device_seconds(lambda: trainer.run_step(batches[len(step_seconds) % STEP_ROUNDS]),
                                            trainer.device))
 
     benchmark.pedantic(steps_alone, rounds=STEP_ROUNDS, iterations=1)
